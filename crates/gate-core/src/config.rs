@@ -1,0 +1,681 @@
+//! Connector configuration: YAML with `${ENV}` expansion, validated as a whole so that
+//! `gate-connector check` can print every problem at once, each with its path in the file.
+//!
+//! Relative paths in the file (policies, certificates, data) are resolved against the working
+//! directory the connector is started from, as the sample `configs/connector.yaml` expects
+//! when run from the repository root.
+
+use serde::{Deserialize, Deserializer};
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::Protocol;
+use crate::decision::Stage;
+use crate::secret::TokenDigest;
+
+/// The whole `connector.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// Shared listener; the protocol is recognised from the client's first bytes.
+    pub listen_addr: String,
+    /// `/health`, `/ready` and `/metrics`.
+    #[serde(default)]
+    pub health_addr: Option<String>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub resources: Vec<ResourceConfig>,
+    #[serde(default)]
+    pub policies: Vec<PolicyRef>,
+    #[serde(default)]
+    pub recording: RecordingConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    #[serde(default)]
+    pub masking: MaskingConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Standalone identities authenticated by a bearer token.
+    #[serde(default)]
+    pub tokens: Vec<TokenIdentityConfig>,
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenIdentityConfig {
+    pub name: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// SHA-256 of the token, hex. `gate-connector hash-token` prints it.
+    pub token_sha256: String,
+    /// OpenSSH public keys (`ssh-ed25519 AAAA… comment`) for SSH resources.
+    #[serde(default)]
+    pub ssh_public_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub audience: String,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Claim holding group names.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceConfig {
+    pub name: String,
+    pub protocol: Protocol,
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub database: Option<String>,
+    pub credentials: CredentialsConfig,
+    /// Optional dedicated listener on which this resource is implied.
+    #[serde(default)]
+    pub listen_port: Option<u16>,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    /// TLS towards the upstream.
+    #[serde(default)]
+    pub upstream_tls: UpstreamTlsMode,
+}
+
+/// Upstream credentials Gate injects; callers never see them.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsConfig {
+    pub username: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for CredentialsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialsConfig")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("private_key_file", &self.private_key_file)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTlsMode {
+    /// Plain TCP to the upstream (typical for loopback or a private network).
+    #[default]
+    Disable,
+    /// TLS when the upstream offers it, plain otherwise.
+    Prefer,
+    /// TLS or fail.
+    Require,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// How long a session waits for a free upstream connection before it is refused.
+    #[serde(default = "default_acquire_timeout", deserialize_with = "duration")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_connections: default_max_connections(),
+            idle_timeout: default_idle_timeout(),
+            acquire_timeout: default_acquire_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRef {
+    pub path: PathBuf,
+    #[serde(deserialize_with = "stage")]
+    pub stage: Stage,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Local directory (the default: `.data/recordings`).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Object store URL instead of a directory: `s3://bucket/prefix`, `file:///path`.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            enabled: true,
+            dir: None,
+            url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default = "default_audit_file")]
+    pub file: PathBuf,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            file: default_audit_file(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingConfig {
+    /// Key for the `hash` strategy. Keep it stable to keep hashed values comparable across
+    /// restarts; when unset a random key is made at start-up (stable for the process only).
+    #[serde(default)]
+    pub hash_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long live sessions may continue after SIGTERM before they are closed.
+    #[serde(default = "default_drain_timeout", deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_max_connections() -> usize {
+    20
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_acquire_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_audit_file() -> PathBuf {
+    PathBuf::from(".data/audit.jsonl")
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Durations are written the human way: `5m`, `30s`, `1h 30m`.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+}
+
+fn stage<'de, D: Deserializer<'de>>(d: D) -> Result<Stage, D::Error> {
+    let s = String::deserialize(d)?;
+    Stage::parse(&s).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown stage {s:?} (expected session, pre_request, post_request, request or response)"
+        ))
+    })
+}
+
+/// One problem in a config file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path in the document, e.g. `resources[1].port`; empty for the whole file.
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if e.path.is_empty() {
+                write!(f, "{}: {}", self.file.display(), e.message)?;
+            } else {
+                write!(f, "{}: {}: {}", self.file.display(), e.path, e.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConnectorConfig {
+    /// Reads, expands and validates a config file.
+    pub fn load(path: &Path) -> Result<ConnectorConfig, ConfigErrors> {
+        let fail = |errors| ConfigErrors {
+            file: path.to_path_buf(),
+            errors,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            fail(vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Self::from_yaml_str(&text, &|name| std::env::var(name).ok()).map_err(fail)
+    }
+
+    /// Parses YAML text, expanding `${VAR}` from `env`. Collects every error it can.
+    pub fn from_yaml_str(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ConnectorConfig, Vec<ConfigError>> {
+        let mut doc: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| {
+            vec![ConfigError {
+                path: String::new(),
+                message: format!("invalid YAML: {e}"),
+            }]
+        })?;
+        let mut errors = Vec::new();
+        expand_env(&mut doc, &mut String::new(), env, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let config: ConnectorConfig = serde_path_to_error::deserialize(doc).map_err(|e| {
+            vec![ConfigError {
+                path: e.path().to_string().trim_start_matches('.').to_string(),
+                message: e.inner().to_string(),
+            }]
+        })?;
+        let errors = config.validate();
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Semantic checks beyond types: addresses, uniqueness, files that must exist.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut err = |path: String, message: String| errors.push(ConfigError { path, message });
+
+        let listen_port = match self.listen_addr.parse::<SocketAddr>() {
+            Ok(a) => Some(a.port()),
+            Err(e) => {
+                err("listen_addr".into(), format!("not a socket address: {e}"));
+                None
+            }
+        };
+        if let Some(h) = &self.health_addr
+            && let Err(e) = h.parse::<SocketAddr>()
+        {
+            err("health_addr".into(), format!("not a socket address: {e}"));
+        }
+        if let Some(tls) = &self.tls
+            && tls.enabled
+        {
+            for (field, p) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+                if !p.is_file() {
+                    err(
+                        format!("tls.{field}"),
+                        format!("file not found: {}", p.display()),
+                    );
+                }
+            }
+        }
+
+        let mut names = HashSet::new();
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            if t.name.trim().is_empty() {
+                err(format!("auth.tokens[{i}].name"), "must not be empty".into());
+            }
+            if !names.insert(t.name.as_str()) {
+                err(
+                    format!("auth.tokens[{i}].name"),
+                    format!("duplicate identity {:?}", t.name),
+                );
+            }
+            if TokenDigest::from_hex(&t.token_sha256).is_none() {
+                err(
+                    format!("auth.tokens[{i}].token_sha256"),
+                    "must be 64 hex digits (use `gate-connector hash-token`)".into(),
+                );
+            }
+        }
+        if let Some(o) = &self.auth.oidc {
+            if o.issuer.trim().is_empty() {
+                err("auth.oidc.issuer".into(), "must not be empty".into());
+            }
+            if o.audience.trim().is_empty() {
+                err("auth.oidc.audience".into(), "must not be empty".into());
+            }
+            match (&o.jwks_url, &o.jwks_file) {
+                (None, None) => err("auth.oidc".into(), "set jwks_url or jwks_file".into()),
+                (Some(_), Some(_)) => err(
+                    "auth.oidc".into(),
+                    "set only one of jwks_url and jwks_file".into(),
+                ),
+                (None, Some(f)) if !f.is_file() => err(
+                    "auth.oidc.jwks_file".into(),
+                    format!("file not found: {}", f.display()),
+                ),
+                _ => {}
+            }
+        }
+
+        let mut resource_names = HashSet::new();
+        let mut ports: HashSet<u16> = listen_port.into_iter().collect();
+        for (i, r) in self.resources.iter().enumerate() {
+            let at = |f: &str| format!("resources[{i}].{f}");
+            if r.name.trim().is_empty() {
+                err(at("name"), "must not be empty".into());
+            }
+            if !resource_names.insert(r.name.as_str()) {
+                err(at("name"), format!("duplicate resource {:?}", r.name));
+            }
+            if r.port == 0 {
+                err(at("port"), "must be 1-65535".into());
+            }
+            if r.host.trim().is_empty() {
+                err(at("host"), "must not be empty".into());
+            }
+            if r.credentials.username.trim().is_empty() {
+                err(at("credentials.username"), "must not be empty".into());
+            }
+            if matches!(r.protocol, Protocol::Postgres | Protocol::Mysql) && r.database.is_none() {
+                err(
+                    at("database"),
+                    format!("required for {} resources", r.protocol),
+                );
+            }
+            if let Some(p) = r.listen_port
+                && !ports.insert(p)
+            {
+                err(
+                    at("listen_port"),
+                    format!("port {p} is already used by another listener"),
+                );
+            }
+            if r.pool.max_connections == 0 {
+                err(at("pool.max_connections"), "must be at least 1".into());
+            }
+        }
+
+        for (i, p) in self.policies.iter().enumerate() {
+            if !p.path.is_file() {
+                err(
+                    format!("policies[{i}].path"),
+                    format!("file not found: {}", p.path.display()),
+                );
+            }
+        }
+        if self.recording.dir.is_some() && self.recording.url.is_some() {
+            err("recording".into(), "set only one of dir and url".into());
+        }
+        errors
+    }
+
+    /// The recording destination: a URL, or the configured/default directory.
+    pub fn recording_location(&self) -> RecordingLocation {
+        match (&self.recording.url, &self.recording.dir) {
+            (Some(url), _) => RecordingLocation::Url(url.clone()),
+            (None, Some(dir)) => RecordingLocation::Dir(dir.clone()),
+            (None, None) => RecordingLocation::Dir(PathBuf::from(".data/recordings")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordingLocation {
+    Dir(PathBuf),
+    Url(String),
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` in every string scalar. `$$` is a literal `$`.
+fn expand_env(
+    v: &mut yaml_serde::Value,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<ConfigError>,
+) {
+    use yaml_serde::Value;
+    match v {
+        Value::String(s) => {
+            if s.contains('$') {
+                match expand_str(s, env) {
+                    Ok(out) => *s = out,
+                    Err(message) => errors.push(ConfigError {
+                        path: path.clone(),
+                        message,
+                    }),
+                }
+            }
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                expand_env(item, path, env, errors);
+                path.truncate(len);
+            }
+        }
+        Value::Mapping(map) => {
+            for (k, item) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k.as_str().unwrap_or("?"));
+                expand_env(item, path, env, errors);
+                path.truncate(len);
+            }
+        }
+        Value::Tagged(t) => expand_env(&mut t.value, path, env, errors),
+        _ => {}
+    }
+}
+
+/// Expands one string; an unset variable without a default is an error naming it.
+pub fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (expr, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("invalid variable name {name:?}"));
+            }
+            match (env(name), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!("environment variable {name} is not set"));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "DB_USER" => Some("app".into()),
+            "DB_PASSWORD" => Some("pw".into()),
+            _ => None,
+        }
+    }
+
+    const GOOD: &str = r#"
+listen_addr: "127.0.0.1:6432"
+auth:
+  tokens:
+    - {name: alice, email: alice@example.com, groups: [engineering], token_sha256: "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"}
+resources:
+  - name: primary-db
+    protocol: postgres
+    host: 127.0.0.1
+    port: 5432
+    database: appdb
+    credentials: {username: "${DB_USER}", password: "${DB_PASSWORD}"}
+    listen_port: 6433
+    pool: {max_connections: 20, idle_timeout: "5m"}
+logging: {level: info, format: json}
+"#;
+
+    #[test]
+    fn parses_and_expands() {
+        let c = ConnectorConfig::from_yaml_str(GOOD, &env).unwrap();
+        assert_eq!(c.resources[0].credentials.username, "app");
+        assert_eq!(c.resources[0].credentials.password.as_deref(), Some("pw"));
+        assert_eq!(c.resources[0].pool.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.resources[0].protocol, Protocol::Postgres);
+        assert!(!format!("{:?}", c.resources[0].credentials).contains("pw\""));
+    }
+
+    #[test]
+    fn unset_variable_is_named_with_its_path() {
+        let text = GOOD.replace("${DB_PASSWORD}", "${NOPE_UNSET}");
+        let errs = ConnectorConfig::from_yaml_str(&text, &env).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "resources[0].credentials.password");
+        assert!(errs[0].message.contains("NOPE_UNSET"), "{:?}", errs[0]);
+    }
+
+    #[test]
+    fn collects_every_semantic_error() {
+        let text = GOOD
+            .replace("port: 5432", "port: 0")
+            .replace("listen_port: 6433", "listen_port: 6432")
+            .replace("2bb80d537b", "zz");
+        let errs = ConnectorConfig::from_yaml_str(&text, &env).unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"resources[0].port"), "{paths:?}");
+        assert!(paths.contains(&"resources[0].listen_port"), "{paths:?}");
+        assert!(paths.contains(&"auth.tokens[0].token_sha256"), "{paths:?}");
+    }
+
+    #[test]
+    fn type_errors_carry_their_path() {
+        let text = GOOD.replace("protocol: postgres", "protocol: telnet");
+        let errs = ConnectorConfig::from_yaml_str(&text, &env).unwrap_err();
+        assert_eq!(errs[0].path, "resources[0].protocol", "{errs:?}");
+    }
+
+    #[test]
+    fn expand_defaults_and_escapes() {
+        assert_eq!(expand_str("a${UNSET_X:-d}b", &env).unwrap(), "adb");
+        assert_eq!(expand_str("$$5 ${DB_USER}", &env).unwrap(), "$5 app");
+        assert!(expand_str("${DB_USER", &env).is_err());
+    }
+}
