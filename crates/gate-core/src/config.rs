@@ -99,18 +99,16 @@ pub struct ResourceConfig {
     pub name: String,
     pub protocol: Protocol,
     pub host: String,
+    #[serde(deserialize_with = "number")]
     pub port: u16,
     #[serde(default)]
     pub database: Option<String>,
     pub credentials: CredentialsConfig,
     /// Optional dedicated listener on which this resource is implied.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_number")]
     pub listen_port: Option<u16>,
     #[serde(default)]
     pub pool: PoolConfig,
-    /// TLS towards the upstream.
-    #[serde(default)]
-    pub upstream_tls: UpstreamTlsMode,
 }
 
 /// Upstream credentials Gate injects; callers never see them.
@@ -134,22 +132,10 @@ impl fmt::Debug for CredentialsConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamTlsMode {
-    /// Plain TCP to the upstream (typical for loopback or a private network).
-    #[default]
-    Disable,
-    /// TLS when the upstream offers it, plain otherwise.
-    Prefer,
-    /// TLS or fail.
-    Require,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
-    #[serde(default = "default_max_connections")]
+    #[serde(default = "default_max_connections", deserialize_with = "number")]
     pub max_connections: usize,
     #[serde(default = "default_idle_timeout", deserialize_with = "duration")]
     pub idle_timeout: Duration,
@@ -294,6 +280,33 @@ fn default_drain_timeout() -> Duration {
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+}
+
+/// Numbers may be written plainly or come from `${VAR}` expansion, which yields a string.
+fn number<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr + TryFrom<u64>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrStr {
+        Num(u64),
+        Str(String),
+    }
+    let bad = |shown: String| serde::de::Error::custom(format!("expected a number, got {shown}"));
+    match NumOrStr::deserialize(d)? {
+        NumOrStr::Num(n) => T::try_from(n).map_err(|_| bad(n.to_string())),
+        NumOrStr::Str(s) => s.trim().parse().map_err(|_| bad(format!("{s:?}"))),
+    }
+}
+
+fn optional_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr + TryFrom<u64>,
+{
+    number(d).map(Some)
 }
 
 fn stage<'de, D: Deserializer<'de>>(d: D) -> Result<Stage, D::Error> {
@@ -612,6 +625,7 @@ mod tests {
         match name {
             "DB_USER" => Some("app".into()),
             "DB_PASSWORD" => Some("pw".into()),
+            "PG_PORT" => Some("5432".into()),
             _ => None,
         }
     }
@@ -625,7 +639,7 @@ resources:
   - name: primary-db
     protocol: postgres
     host: 127.0.0.1
-    port: 5432
+    port: ${PG_PORT}
     database: appdb
     credentials: {username: "${DB_USER}", password: "${DB_PASSWORD}"}
     listen_port: 6433
@@ -639,6 +653,8 @@ logging: {level: info, format: json}
         assert_eq!(c.resources[0].credentials.username, "app");
         assert_eq!(c.resources[0].credentials.password.as_deref(), Some("pw"));
         assert_eq!(c.resources[0].pool.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.resources[0].port, 5432, "a number from ${{PG_PORT}}");
+        assert_eq!(c.resources[0].listen_port, Some(6433));
         assert_eq!(c.resources[0].protocol, Protocol::Postgres);
         assert!(!format!("{:?}", c.resources[0].credentials).contains("pw\""));
     }
@@ -655,7 +671,7 @@ logging: {level: info, format: json}
     #[test]
     fn collects_every_semantic_error() {
         let text = GOOD
-            .replace("port: 5432", "port: 0")
+            .replace("port: ${PG_PORT}", "port: 0")
             .replace("listen_port: 6433", "listen_port: 6432")
             .replace("2bb80d537b", "zz");
         let errs = ConnectorConfig::from_yaml_str(&text, &env).unwrap_err();

@@ -1,1 +1,202 @@
-//! gate-pipeline
+//! The session pipeline: everything that is the same for every protocol.
+//!
+//! A protocol handler decodes the wire and calls, in order:
+//! 1. [`Pipeline::authenticate`] — the presented credential becomes an [`Identity`];
+//! 2. [`Pipeline::open_session`] — `session` policy, audit, recording; gives a [`Session`];
+//! 3. per request, [`Session::decide`] — `pre_request` policy: allow, block or rewrite;
+//! 4. per result shape, [`Session::plan_masks`] — `post_request` policy → a
+//!    [`gate_enforcement::MaskPlan`] the handler applies to every row without asking again;
+//! 5. [`Session::record`] after each request, and [`Session::close`] at the end.
+//!
+//! The handler never evaluates Rego, writes audit or touches recordings itself. Policy is read
+//! from an atomically swapped snapshot, so a reload never blocks the hot path.
+
+pub mod audit;
+pub mod auth;
+pub mod metrics;
+pub mod pool;
+mod session;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arc_swap::ArcSwap;
+use gate_core::config::ResourceConfig;
+use gate_core::{AuditEvent, AuditKind, Identity, Protocol};
+use gate_enforcement::Masker;
+use gate_policy::PolicySet;
+use gate_recording::Recordings;
+use tokio::sync::{Notify, watch};
+
+pub use audit::{AuditLog, AuditSink};
+pub use auth::{AuthError, Authenticator};
+pub use metrics::Metrics;
+pub use pool::{Pool, PoolError, PooledConn};
+pub use session::{RequestOutcome, Session, SessionDenied};
+
+/// Everything a handler needs, shared by all sessions of all protocols.
+pub struct Pipeline {
+    auth: Authenticator,
+    policies: ArcSwap<PolicySet>,
+    audit: AuditLog,
+    recordings: Recordings,
+    metrics: Arc<Metrics>,
+    masker: Masker,
+    resources: HashMap<String, Arc<ResourceConfig>>,
+    live: LiveSessions,
+    shutdown: watch::Sender<bool>,
+}
+
+/// The parts a pipeline is built from (the connector assembles them from its config).
+pub struct PipelineParts {
+    pub auth: Authenticator,
+    pub policies: PolicySet,
+    pub audit: AuditLog,
+    pub recordings: Recordings,
+    pub metrics: Arc<Metrics>,
+    pub masker: Masker,
+    pub resources: Vec<ResourceConfig>,
+}
+
+/// Facts about the client connection, known before authentication.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+    pub tls: bool,
+}
+
+impl Pipeline {
+    pub fn new(parts: PipelineParts) -> Arc<Pipeline> {
+        Arc::new(Pipeline {
+            auth: parts.auth,
+            policies: ArcSwap::from_pointee(parts.policies),
+            audit: parts.audit,
+            recordings: parts.recordings,
+            metrics: parts.metrics,
+            masker: parts.masker,
+            resources: parts
+                .resources
+                .into_iter()
+                .map(|r| (r.name.clone(), Arc::new(r)))
+                .collect(),
+            live: LiveSessions::default(),
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    pub fn resource(&self, name: &str) -> Option<&Arc<ResourceConfig>> {
+        self.resources.get(name)
+    }
+
+    pub fn resources(&self) -> impl Iterator<Item = &Arc<ResourceConfig>> {
+        self.resources.values()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    pub fn recordings(&self) -> &Recordings {
+        &self.recordings
+    }
+
+    /// Swaps in a new policy snapshot; sessions see it from their next request on.
+    pub fn replace_policies(&self, policies: PolicySet) {
+        self.policies.store(Arc::new(policies));
+    }
+
+    pub(crate) fn policies(&self) -> arc_swap::Guard<Arc<PolicySet>> {
+        self.policies.load()
+    }
+
+    /// Checks a credential. Failures are audited (without the secret) and counted.
+    pub async fn authenticate(
+        &self,
+        client: &ClientInfo,
+        resource: Option<&str>,
+        user: &str,
+        secret: &str,
+    ) -> Result<Identity, AuthError> {
+        match self.auth.authenticate(user, secret).await {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                self.metrics
+                    .auth_failures
+                    .with_label_values(&[client.protocol.as_str()])
+                    .inc();
+                tracing::warn!(user, resource, client = %client.addr, reason = e.detail(), "authentication failed");
+                self.audit
+                    .emit(AuditEvent {
+                        presented_user: Some(user.to_string()),
+                        resource: resource.map(str::to_string),
+                        protocol: Some(client.protocol.to_string()),
+                        client_addr: Some(client.addr.to_string()),
+                        reason: Some(e.detail().to_string()),
+                        ..AuditEvent::new(AuditKind::AuthFailure)
+                    })
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Audits a refused connection attempt that never reached authentication
+    /// (unknown resource, protocol violation before login, …).
+    pub async fn audit_refused(&self, client: &ClientInfo, user: Option<&str>, reason: &str) {
+        self.audit
+            .emit(AuditEvent {
+                presented_user: user.map(str::to_string),
+                protocol: Some(client.protocol.to_string()),
+                client_addr: Some(client.addr.to_string()),
+                reason: Some(reason.to_string()),
+                ..AuditEvent::new(AuditKind::AuthFailure)
+            })
+            .await;
+    }
+
+    pub fn masker(&self) -> &Masker {
+        &self.masker
+    }
+
+    /// Number of open sessions.
+    pub fn live_sessions(&self) -> usize {
+        self.live.count.load(Ordering::Relaxed)
+    }
+
+    /// Waits until no session is open.
+    pub async fn sessions_drained(&self) {
+        loop {
+            let notified = self.live.changed.notified();
+            if self.live_sessions() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Tells every session to end (after the drain deadline).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Resolves when [`Pipeline::begin_shutdown`] was called; sessions select on it.
+    pub fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+}
+
+#[derive(Default)]
+struct LiveSessions {
+    count: AtomicUsize,
+    changed: Notify,
+}

@@ -1,1 +1,437 @@
-//! gate-test-support
+//! Test support for Gate's end-to-end tests: real upstream servers on free ports, TLS
+//! material, and the real `gate-connector` binary, all started by the tests themselves.
+//!
+//! - [`free_port`], [`wait_for_port`], [`http_get`]: small networking helpers.
+//! - [`postgres::PgServer`]: a throwaway PostgreSQL cluster (`initdb` into a temp dir).
+//! - [`certs::TestCerts`]: a CA and a `localhost`/`127.0.0.1` server certificate.
+//! - [`gateway::Gateway`]: the `gate-connector` binary, started with a YAML config and
+//!   stopped when dropped.
+//! - [`cargo_bin`]: the path of a workspace binary, built on demand.
+//!
+//! Everything here waits for readiness by polling with backoff under generous timeouts;
+//! nothing sleeps for a fixed time. Child processes are cleaned up on `Drop`, at process
+//! exit (`atexit`), and — should the test process be killed outright — by a small watchdog
+//! process that notices the test process is gone.
+//!
+//! Environment knobs:
+//! - `GATE_CONNECTOR_BIN` (generally `GATE_<NAME>_BIN`): use this binary instead of
+//!   `<target>/<profile>/<name>`.
+//! - `GATE_TEST_SKIP_BUILD=1`: do not run `cargo build` before locating a binary.
+//! - `GATE_PG_BINDIR`: directory holding `initdb`, `pg_ctl`, `postgres`, `psql`.
+//! - `GATE_TEST_TMPDIR`: where throwaway servers put their data (default: the system temp dir).
+//! - `GATE_TEST_KEEP=1`: keep throwaway data directories after the tests, for debugging.
+
+pub mod certs;
+pub mod gateway;
+pub mod postgres;
+mod watchdog;
+
+use anyhow::{Context, bail};
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::ToSocketAddrs;
+
+pub use postgres::psql_binary;
+
+/// A generous default for "wait until it is up": slow CI machines and cold caches included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+///
+/// Binds `127.0.0.1:0` and releases the socket. A port is never handed out twice by one
+/// process, so two calls in a row always give two different ports.
+pub fn free_port() -> u16 {
+    static GIVEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let given = GIVEN.get_or_init(Default::default);
+    for _ in 0..1000 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .expect("cannot bind 127.0.0.1:0 to find a free port");
+        let port = listener.local_addr().expect("local_addr").port();
+        drop(listener);
+        if given.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
+    panic!("no free port found on 127.0.0.1 after 1000 tries");
+}
+
+/// `127.0.0.1:<free port>`.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()))
+}
+
+/// Polls until a TCP connection to `addr` succeeds, with backoff, for at most `timeout`.
+pub async fn wait_for_port<A>(addr: A, timeout: Duration) -> anyhow::Result<()>
+where
+    A: ToSocketAddrs + Clone + std::fmt::Debug,
+{
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Backoff::new();
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(addr.clone()),
+        )
+        .await;
+        let err = match attempt {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "connect timed out".to_string(),
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "{addr:?} did not accept a TCP connection within {timeout:?} (last error: {err})"
+            );
+        }
+        backoff.wait_async(deadline).await;
+    }
+}
+
+/// A response from [`http_get`].
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header lines as sent, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A minimal HTTP/1.1 `GET` (with `Connection: close`), for health, readiness and metrics
+/// endpoints. Handles `Content-Length`, chunked and read-to-close bodies. 10 s timeout.
+pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<HttpResponse> {
+    tokio::time::timeout(Duration::from_secs(10), http_get_inner(addr, path))
+        .await
+        .with_context(|| format!("GET http://{addr}{path} timed out"))?
+        .with_context(|| format!("GET http://{addr}{path}"))
+}
+
+async fn http_get_inner(addr: &str, path: &str) -> anyhow::Result<HttpResponse> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    parse_http_response(&raw)
+}
+
+fn parse_http_response(raw: &[u8]) -> anyhow::Result<HttpResponse> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of headers in HTTP response")?;
+    let head = std::str::from_utf8(&raw[..split]).context("non-UTF-8 HTTP headers")?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .with_context(|| format!("bad HTTP status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        body = dechunk(&body)?;
+    } else if let Some((_, len)) = headers.iter().find(|(n, _)| n == "content-length") {
+        let len: usize = len.parse().context("bad Content-Length")?;
+        body.truncate(len);
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("truncated chunk size")?;
+        let size_str = std::str::from_utf8(&data[..eol])?;
+        let size_str = size_str.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_str, 16).context("bad chunk size")?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if data.len() < size {
+            bail!("truncated chunk");
+        }
+        out.extend_from_slice(&data[..size]);
+        data = data.get(size + 2..).unwrap_or_default();
+    }
+}
+
+/// The workspace root (the directory holding the root `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("crates/gate-test-support has two ancestors")
+        .to_path_buf()
+}
+
+/// The path of a binary built from this workspace, e.g. `cargo_bin("gate-connector")`.
+///
+/// `GATE_<NAME>_BIN` (name upper-cased, `-` → `_`; `GATE_CONNECTOR_BIN` for
+/// `gate-connector`) overrides the lookup. Otherwise the binary is
+/// `<target dir>/<profile>/<name>`, found from the running test executable
+/// (`…/target/debug/deps/<test>` → `…/target/debug`).
+///
+/// When run under cargo (`CARGO` is set) and `GATE_TEST_SKIP_BUILD` is not, the first call for
+/// a binary in a process runs `cargo build --bin <name>` from the workspace root, for the same
+/// profile and target dir, so a plain `cargo test` never runs a stale or missing binary. After
+/// `make test` that build is a no-op. This blocks; from async code call it via
+/// `spawn_blocking` (as `Gateway` does).
+pub fn cargo_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let var = format!(
+        "GATE_{}_BIN",
+        name.trim_start_matches("gate-").to_uppercase()
+    )
+    .replace('-', "_");
+    if let Some(p) = std::env::var_os(&var).filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("{var}={} does not exist", p.display());
+        }
+        return Ok(p);
+    }
+    let profile_dir = profile_dir()?;
+    ensure_bin_built(&profile_dir, name)?;
+    let path = profile_dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found; build it with `cargo build --bin {name}` or set {var}",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// `<target dir>/<profile>` of the running executable.
+fn profile_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("current_exe")?;
+    let mut dir = exe.parent().context("executable has no parent dir")?;
+    // target/debug/deps/<test>, target/debug/examples/<example>, target/debug/<bin>
+    if matches!(
+        dir.file_name().and_then(|n| n.to_str()),
+        Some("deps" | "examples")
+    ) {
+        dir = dir.parent().context("deps dir has no parent")?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// Runs `cargo build --bin <name>` once per process (per binary). From the workspace root a
+/// `--bin` build compiles only what that binary needs, with the features `cargo build
+/// --workspace` would pick, so it is a no-op after `make test`'s own build.
+fn ensure_bin_built(profile_dir: &Path, name: &str) -> anyhow::Result<()> {
+    static BUILT: OnceLock<Mutex<HashMap<String, Result<(), String>>>> = OnceLock::new();
+    let skip = std::env::var_os("GATE_TEST_SKIP_BUILD").is_some_and(|v| !v.is_empty() && v != "0");
+    let Some(cargo) = std::env::var_os("CARGO").filter(|_| !skip) else {
+        return Ok(());
+    };
+    // Held while building, so concurrent tests wait for one build instead of racing.
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(result) = built.get(name) {
+        return result.clone().map_err(anyhow::Error::msg);
+    }
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_string();
+    let target_dir = profile_dir.parent().unwrap_or(profile_dir);
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "--quiet", "--bin", name])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(workspace_root());
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    eprintln!("gate-test-support: cargo build --bin {name} ({profile})");
+    let result = match cmd.output() {
+        Err(e) => Err(format!("cannot run {}: {e}", Path::new(&cargo).display())),
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "`cargo build --bin {name}` failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    };
+    built.insert(name.to_string(), result.clone());
+    result.map_err(anyhow::Error::msg)
+}
+
+/// Exponential backoff for polling loops: 10 ms, growing ×1.5 up to 250 ms.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Backoff {
+    const MAX: Duration = Duration::from_millis(250);
+
+    pub fn new() -> Self {
+        Backoff {
+            next: Duration::from_millis(10),
+        }
+    }
+
+    fn step(&mut self, deadline: Instant) -> Duration {
+        let d = self
+            .next
+            .min(deadline.saturating_duration_since(Instant::now()));
+        self.next = (self.next * 3 / 2).min(Self::MAX);
+        d
+    }
+
+    /// Sleeps for the next interval, never past `deadline`.
+    pub async fn wait_async(&mut self, deadline: Instant) {
+        tokio::time::sleep(self.step(deadline)).await;
+    }
+
+    /// Blocking variant, for `Drop` and other sync code.
+    pub fn wait_blocking(&mut self, deadline: Instant) {
+        std::thread::sleep(self.step(deadline));
+    }
+}
+
+/// Polls `check` with backoff until it returns `Some`, or fails after `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Backoff::new();
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        backoff.wait_async(deadline).await;
+    }
+}
+
+/// The last `n` lines of `text`.
+pub(crate) fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Whether `GATE_TEST_KEEP` asks to keep throwaway directories.
+pub(crate) fn keep_dirs() -> bool {
+    std::env::var_os("GATE_TEST_KEEP").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// 16 random bytes as hex, from the OS.
+pub fn random_hex() -> String {
+    use std::io::Read;
+    let mut buf = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("read /dev/urandom");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_differ() {
+        let a = free_port();
+        let b = free_port();
+        assert_ne!(a, b);
+        assert_ne!(a, 0);
+    }
+
+    #[test]
+    fn parses_plain_and_chunked_responses() {
+        let r = parse_http_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello-extra",
+        )
+        .unwrap();
+        assert_eq!((r.status, r.body.as_str()), (200, "hello"));
+        assert_eq!(r.header("x-a"), Some("b"));
+        let r = parse_http_response(
+            b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nnot\r\n6\r\n ready\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!((r.status, r.body.as_str()), (503, "not ready"));
+    }
+
+    #[tokio::test]
+    async fn waits_for_a_port_that_opens_later() {
+        let port = free_port();
+        let opener = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let _ = l.accept().await;
+        });
+        wait_for_port(("127.0.0.1", port), Duration::from_secs(30))
+            .await
+            .unwrap();
+        opener.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn wait_for_port_times_out() {
+        let port = free_port();
+        let err = wait_for_port(("127.0.0.1", port), Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("did not accept"), "{err}");
+    }
+
+    #[test]
+    fn profile_dir_is_target_debug() {
+        let d = profile_dir().unwrap();
+        assert!(d.join("deps").is_dir(), "{}", d.display());
+    }
+}

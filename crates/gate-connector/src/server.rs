@@ -1,0 +1,218 @@
+//! Assembling the pipeline from the config and running listeners until SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use gate_core::Protocol;
+use gate_core::config::ConnectorConfig;
+use gate_enforcement::Masker;
+use gate_pipeline::audit::JsonlFileSink;
+use gate_pipeline::{AuditLog, Authenticator, Metrics, Pipeline, PipelineParts};
+use gate_policy::PolicySet;
+use gate_postgres::PostgresHandler;
+use gate_recording::Recordings;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinSet;
+
+use crate::detect::{self, Detected};
+use crate::health::{self, HealthState};
+
+/// Audit events in flight before sessions wait for the writer.
+const AUDIT_QUEUE: usize = 16 * 1024;
+const REAP_INTERVAL: Duration = Duration::from_secs(30);
+
+fn policy_refs(cfg: &ConnectorConfig) -> Vec<(std::path::PathBuf, gate_core::Stage)> {
+    cfg.policies.iter().map(|p| (p.path.clone(), p.stage)).collect()
+}
+
+/// Compiles the configured policies (for `check`).
+pub fn check_policies(cfg: &ConnectorConfig) -> anyhow::Result<()> {
+    PolicySet::load_files(&policy_refs(cfg))?;
+    Ok(())
+}
+
+fn tls_acceptor(cfg: &ConnectorConfig) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+    let Some(tls) = cfg.tls.as_ref().filter(|t| t.enabled) else {
+        return Ok(None);
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert_file)
+        .with_context(|| format!("tls.cert_file {}", tls.cert_file.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("tls.cert_file {}", tls.cert_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
+        .with_context(|| format!("tls.key_file {}", tls.key_file.display()))?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("tls: certificate and key do not match")?;
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+}
+
+fn masker(cfg: &ConnectorConfig) -> Masker {
+    match &cfg.masking.hash_key {
+        Some(k) => Masker::new(k.as_bytes()),
+        None => {
+            tracing::warn!("masking.hash_key is not set: `hash` masks are stable only until restart");
+            let key: [u8; 32] = rand::random();
+            Masker::new(&key)
+        }
+    }
+}
+
+pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let tls = tls_acceptor(&cfg)?;
+    if tls.is_none() {
+        tracing::warn!("TLS is not configured: clients send their tokens in the clear; enable tls for anything but local testing");
+    }
+    let policies = PolicySet::load_files(&policy_refs(&cfg)).context("policies")?;
+    let (audit, audit_writer) = AuditLog::start(
+        JsonlFileSink::new(&cfg.audit.file).with_context(|| format!("audit.file {}", cfg.audit.file.display()))?,
+        AUDIT_QUEUE,
+    );
+    let recordings = if cfg.recording.enabled {
+        let r = Recordings::from_location(&cfg.recording_location()).context("recording")?;
+        r.start();
+        r
+    } else {
+        Recordings::disabled()
+    };
+    let pipeline = Pipeline::new(PipelineParts {
+        auth: Authenticator::from_config(&cfg.auth)?,
+        policies,
+        audit: audit.clone(),
+        recordings: recordings.clone(),
+        metrics: Arc::new(Metrics::new()),
+        masker: masker(&cfg),
+        resources: cfg.resources.clone(),
+    });
+    let postgres = PostgresHandler::new(pipeline.clone(), tls);
+
+    // Bind everything before reporting ready, so a port conflict fails start-up loudly.
+    let shared: SocketAddr = cfg.listen_addr.parse().context("listen_addr")?;
+    let mut listeners = vec![(
+        TcpListener::bind(shared).await.with_context(|| format!("listen_addr {shared}"))?,
+        None,
+    )];
+    for r in &cfg.resources {
+        if let Some(port) = r.listen_port {
+            let addr = SocketAddr::new(shared.ip(), port);
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("resources[{}].listen_port {addr}", r.name))?;
+            listeners.push((l, Some((Arc::<str>::from(r.name.as_str()), r.protocol))));
+        }
+    }
+    let health_state = Arc::new(HealthState {
+        pipeline: pipeline.clone(),
+        ready: false.into(),
+    });
+    let health_task = match &cfg.health_addr {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.with_context(|| format!("health_addr {addr}"))?;
+            Some(tokio::spawn(health::serve(l, health_state.clone())))
+        }
+        None => None,
+    };
+
+    let mut accept_loops = JoinSet::new();
+    for (listener, dedicated) in listeners {
+        tracing::info!(addr = %listener.local_addr()?, resource = dedicated.as_ref().map(|d| &*d.0), "listening");
+        accept_loops.spawn(accept_loop(listener, dedicated, postgres.clone()));
+    }
+    let reaper = {
+        let postgres = postgres.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REAP_INTERVAL);
+            loop {
+                tick.tick().await;
+                postgres.reap_idle();
+            }
+        })
+    };
+    health_state.ready.store(true, Ordering::Relaxed);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "gate-connector ready");
+
+    // Run until SIGTERM/SIGINT; SIGHUP reloads policies.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match PolicySet::load_files(&policy_refs(&cfg)) {
+                Ok(p) => {
+                    pipeline.replace_policies(p);
+                    tracing::info!("policies reloaded");
+                }
+                Err(e) => tracing::error!(error = %e, "policy reload failed; keeping the previous policies"),
+            },
+        }
+    }
+
+    // Graceful shutdown: stop accepting, let sessions drain, then end the rest and flush.
+    tracing::info!(sessions = pipeline.live_sessions(), "shutting down: no new connections");
+    health_state.ready.store(false, Ordering::Relaxed);
+    accept_loops.abort_all();
+    reaper.abort();
+    let drain = cfg.shutdown.drain_timeout;
+    if tokio::time::timeout(drain, pipeline.sessions_drained()).await.is_err() {
+        tracing::warn!(sessions = pipeline.live_sessions(), ?drain, "drain deadline passed; ending sessions");
+        pipeline.begin_shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(10), pipeline.sessions_drained()).await;
+    }
+    postgres.close_idle();
+    recordings.shutdown().await;
+    audit.flush().await;
+    drop(audit);
+    drop(postgres);
+    drop(pipeline);
+    if let Some(h) = health_task {
+        h.abort();
+    }
+    if tokio::time::timeout(Duration::from_secs(10), audit_writer.join()).await.is_err() {
+        tracing::warn!("audit writer did not stop in time");
+    }
+    tracing::info!("gate-connector stopped");
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, dedicated: Option<(Arc<str>, Protocol)>, postgres: Arc<PostgresHandler>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let postgres = postgres.clone();
+        let dedicated = dedicated.clone();
+        tokio::spawn(async move {
+            match dedicated {
+                Some((resource, Protocol::Postgres)) => postgres.serve(stream, peer, Some(resource)).await,
+                Some((resource, protocol)) => {
+                    tracing::warn!(%resource, %protocol, "protocol not served by this connector yet; closing");
+                }
+                None => dispatch(stream, peer, postgres).await,
+            }
+        });
+    }
+}
+
+/// Shared listener: pick the handler by the first bytes.
+async fn dispatch(stream: TcpStream, peer: SocketAddr, postgres: Arc<PostgresHandler>) {
+    match detect::detect(&stream).await {
+        Detected::Postgres => postgres.serve(stream, peer, None).await,
+        other => tracing::debug!(%peer, detected = ?other, "unrecognised protocol on the shared listener; closing"),
+    }
+}

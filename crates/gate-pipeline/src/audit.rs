@@ -1,0 +1,236 @@
+//! Audit: every session start/end, auth failure and policy decision becomes an
+//! [`AuditEvent`] that reaches a sink — never dropped.
+//!
+//! Sessions hand events to an [`AuditLog`] through a bounded channel; one background writer
+//! drains it in batches into an [`AuditSink`]. A full channel makes the session wait
+//! (backpressure) instead of losing events; a failing sink is retried until it recovers.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gate_core::AuditEvent;
+use tokio::sync::{mpsc, oneshot};
+
+/// Where audit events end up. Implementations run on a dedicated thread, so they may block.
+pub trait AuditSink: Send + 'static {
+    /// Persists a batch. On error the same batch is offered again later.
+    fn write_batch(&mut self, events: &[AuditEvent]) -> std::io::Result<()>;
+}
+
+/// Appends events as JSON Lines to a file, syncing data after each batch.
+pub struct JsonlFileSink {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    buf: Vec<u8>,
+}
+
+impl JsonlFileSink {
+    pub fn new(path: &Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut sink = JsonlFileSink {
+            path: path.to_path_buf(),
+            file: None,
+            buf: Vec::with_capacity(64 * 1024),
+        };
+        sink.open()?;
+        Ok(sink)
+    }
+
+    fn open(&mut self) -> std::io::Result<&mut std::fs::File> {
+        if self.file.is_none() {
+            self.file = Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
+        }
+        Ok(self.file.as_mut().expect("opened above"))
+    }
+}
+
+impl AuditSink for JsonlFileSink {
+    fn write_batch(&mut self, events: &[AuditEvent]) -> std::io::Result<()> {
+        self.buf.clear();
+        for e in events {
+            serde_json::to_writer(&mut self.buf, e)?;
+            self.buf.push(b'\n');
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let result = self.open().and_then(|f| {
+            f.write_all(&buf)?;
+            f.sync_data()
+        });
+        self.buf = buf;
+        if result.is_err() {
+            // Reopen next time (the file may have been rotated or the disk remounted).
+            self.file = None;
+        }
+        result
+    }
+}
+
+/// Collects events in memory; for tests.
+#[derive(Clone, Default)]
+pub struct MemorySink(pub std::sync::Arc<std::sync::Mutex<Vec<AuditEvent>>>);
+
+impl AuditSink for MemorySink {
+    fn write_batch(&mut self, events: &[AuditEvent]) -> std::io::Result<()> {
+        self.0.lock().expect("poisoned").extend_from_slice(events);
+        Ok(())
+    }
+}
+
+enum Msg {
+    Event(Box<AuditEvent>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle sessions use to emit events. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Msg>,
+}
+
+const BATCH: usize = 512;
+
+impl AuditLog {
+    /// Starts the background writer thread for `sink`. `capacity` bounds the events in flight.
+    pub fn start(sink: impl AuditSink, capacity: usize) -> (AuditLog, AuditWriter) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let thread = std::thread::Builder::new()
+            .name("gate-audit".into())
+            .spawn(move || writer_loop(sink, rx))
+            .expect("spawn audit writer thread");
+        (AuditLog { tx }, AuditWriter { thread: Some(thread) })
+    }
+
+    /// Queues an event; waits when the writer is behind. Never drops the event while the
+    /// writer runs; once the writer has stopped (shutdown) the event is logged instead.
+    pub async fn emit(&self, event: AuditEvent) {
+        if let Err(mpsc::error::SendError(Msg::Event(e))) =
+            self.tx.send(Msg::Event(Box::new(event))).await
+        {
+            tracing::error!(event = ?e, "audit writer stopped; event written to the log only");
+        }
+    }
+
+    /// Waits until every event emitted before this call has been written.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// Owns the writer thread; [`AuditWriter::join`] waits for it after every [`AuditLog`] is gone.
+pub struct AuditWriter {
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AuditWriter {
+    /// Waits (off the async runtime) for the writer to drain everything and stop.
+    pub async fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+fn writer_loop(mut sink: impl AuditSink, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch: Vec<AuditEvent> = Vec::with_capacity(BATCH);
+    let mut waiters = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Event(e) => batch.push(*e),
+                Msg::Flush(done) => waiters.push(done),
+            }
+            if batch.len() < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        let mut backoff = Duration::from_millis(50);
+        while !batch.is_empty() {
+            match sink.write_batch(&batch) {
+                Ok(()) => batch.clear(),
+                Err(e) => {
+                    tracing::error!(error = %e, pending = batch.len(), "audit sink write failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        for w in waiters.drain(..) {
+            let _ = w.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gate_core::AuditKind;
+
+    struct FlakySink {
+        fail_first: usize,
+        inner: MemorySink,
+    }
+
+    impl AuditSink for FlakySink {
+        fn write_batch(&mut self, events: &[AuditEvent]) -> std::io::Result<()> {
+            if self.fail_first > 0 {
+                self.fail_first -= 1;
+                return Err(std::io::Error::other("disk full"));
+            }
+            self.inner.write_batch(events)
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_is_lost_under_backpressure_and_sink_errors() {
+        let mem = MemorySink::default();
+        let (log, writer) = AuditLog::start(
+            FlakySink {
+                fail_first: 2,
+                inner: mem.clone(),
+            },
+            4,
+        );
+        let mut ids = Vec::new();
+        for _ in 0..2000 {
+            let e = AuditEvent::new(AuditKind::PolicyDecision);
+            ids.push(e.id);
+            log.emit(e).await;
+        }
+        log.flush().await;
+        let got: Vec<_> = mem.0.lock().unwrap().iter().map(|e| e.id).collect();
+        assert_eq!(got, ids);
+        drop(log);
+        writer.join().await;
+    }
+
+    #[tokio::test]
+    async fn file_sink_appends_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/audit.jsonl");
+        let (log, writer) = AuditLog::start(JsonlFileSink::new(&path).unwrap(), 16);
+        for _ in 0..3 {
+            log.emit(AuditEvent::new(AuditKind::SessionStart)).await;
+        }
+        drop(log);
+        writer.join().await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let events: Vec<AuditEvent> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(events.len(), 3);
+        assert!(events.iter().all(|e| e.kind == AuditKind::SessionStart));
+    }
+}

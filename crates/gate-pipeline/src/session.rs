@@ -1,0 +1,446 @@
+//! One client session: identity, resource, recorder and counters, and the per-request hooks.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use gate_core::audit::AuditIdentity;
+use gate_core::config::ResourceConfig;
+use gate_core::{
+    Action, AuditEvent, AuditKind, ColumnFacts, Decision, Identity, QueryFacts, Stage,
+};
+use gate_enforcement::{MaskPlan, Masker};
+use gate_recording::{EntryError, QueryEntry, SessionHeader, SessionRecorder, SessionSummary};
+use prometheus::Histogram;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{ClientInfo, Pipeline};
+
+/// Why a session was refused at open.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}")]
+pub struct SessionDenied {
+    pub reason: String,
+}
+
+/// The input every policy sees: identity, resource and session, plus the request or result.
+#[derive(Serialize)]
+struct PolicyInput<'a> {
+    user: &'a Identity,
+    resource: &'a ResourceFacts,
+    session: &'a SessionFacts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<&'a QueryFacts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    columns: Option<&'a [ColumnFacts]>,
+}
+
+#[derive(Serialize)]
+struct ResourceFacts {
+    name: String,
+    protocol: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SessionFacts {
+    id: Uuid,
+    client_addr: String,
+    tls: bool,
+}
+
+/// How a forwarded request ended, for the recording.
+pub struct RequestOutcome {
+    pub rows: u64,
+    pub duration: Duration,
+    /// `(code, message)` of an error the upstream returned.
+    pub error: Option<(String, String)>,
+}
+
+/// An open session. Created by [`Pipeline::open_session`]; call [`Session::close`] at the end.
+pub struct Session {
+    pipeline: Arc<Pipeline>,
+    pub id: Uuid,
+    pub identity: Identity,
+    pub resource: Arc<ResourceConfig>,
+    client: ClientInfo,
+    resource_facts: ResourceFacts,
+    session_facts: SessionFacts,
+    recorder: Option<SessionRecorder>,
+    started: Instant,
+    queries: AtomicU64,
+    blocked: AtomicU64,
+    errors: AtomicU64,
+    /// Per (stage, action) histograms, resolved once per session instead of per request.
+    eval_histograms: [[OnceLock<Histogram>; 5]; 3],
+    request_histogram: Histogram,
+    closed: bool,
+}
+
+fn stage_index(s: Stage) -> usize {
+    match s {
+        Stage::Session => 0,
+        Stage::PreRequest => 1,
+        Stage::PostRequest => 2,
+    }
+}
+
+fn action_index(a: Action) -> usize {
+    match a {
+        Action::Allow => 0,
+        Action::Block => 1,
+        Action::Rewrite => 2,
+        Action::Mask => 3,
+        Action::Filter => 4,
+    }
+}
+
+impl Pipeline {
+    /// Opens a session for an authenticated identity on a resource: evaluates the `session`
+    /// policy (fail closed), audits the start and prepares the recording.
+    pub async fn open_session(
+        self: &Arc<Self>,
+        client: ClientInfo,
+        identity: Identity,
+        resource: Arc<ResourceConfig>,
+    ) -> Result<Session, SessionDenied> {
+        let protocol = client.protocol;
+        let resource_name = resource.name.clone();
+        let labels = [protocol.as_str(), resource_name.as_str()];
+        let mut session = Session {
+            pipeline: self.clone(),
+            id: Uuid::now_v7(),
+            resource_facts: ResourceFacts {
+                name: resource.name.clone(),
+                protocol: protocol.as_str(),
+                database: resource.database.clone(),
+            },
+            session_facts: SessionFacts {
+                id: Uuid::nil(),
+                client_addr: client.addr.to_string(),
+                tls: client.tls,
+            },
+            recorder: None,
+            identity,
+            resource,
+            client,
+            started: Instant::now(),
+            queries: AtomicU64::new(0),
+            blocked: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            eval_histograms: Default::default(),
+            request_histogram: self.metrics.request_duration.with_label_values(&labels),
+            closed: true,
+        };
+        session.session_facts.id = session.id;
+
+        let decision = session.evaluate(Stage::Session, None, None);
+        session.audit_decision(Stage::Session, &decision, None).await;
+        if decision.is_block() {
+            return Err(SessionDenied {
+                reason: decision.block_reason().to_string(),
+            });
+        }
+
+        session.recorder = Some(self.recordings.session(SessionHeader {
+            session_id: session.id,
+            protocol: protocol.to_string(),
+            resource: session.resource.name.clone(),
+            database: session.resource.database.clone(),
+            user: session.audit_identity(),
+            client_addr: Some(session.client.addr.to_string()),
+            started_at: SystemTime::now(),
+        }));
+        session.closed = false;
+        self.metrics.sessions_active.with_label_values(&labels).inc();
+        self.metrics.sessions_total.with_label_values(&labels).inc();
+        self.live.count.fetch_add(1, Ordering::Relaxed);
+        self.audit
+            .emit(AuditEvent {
+                session_id: Some(session.id),
+                ..session.event(AuditKind::SessionStart)
+            })
+            .await;
+        tracing::info!(session = %session.id, user = %session.identity.name, resource = %session.resource.name, client = %session.client.addr, "session opened");
+        Ok(session)
+    }
+}
+
+impl Session {
+    pub fn masker(&self) -> &Masker {
+        &self.pipeline.masker
+    }
+
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    /// `pre_request`: what to do with one request. Policy errors block (fail closed) with the
+    /// reason; every decision is audited.
+    pub async fn decide(&self, facts: &QueryFacts) -> Decision {
+        let decision = self.evaluate(Stage::PreRequest, Some(facts), None);
+        if decision.is_block() {
+            self.blocked.fetch_add(1, Ordering::Relaxed);
+        }
+        self.audit_decision(Stage::PreRequest, &decision, Some(facts))
+            .await;
+        decision
+    }
+
+    /// `post_request`: the mask plan for one result shape. `Err(reason)` means the result must
+    /// not reach the client (policy error, block, or a decision this path cannot apply).
+    pub async fn plan_masks(
+        &self,
+        facts: Option<&QueryFacts>,
+        columns: &[ColumnFacts],
+    ) -> Result<MaskPlan, String> {
+        if !self.pipeline.policies().has_stage(Stage::PostRequest) {
+            return Ok(MaskPlan::empty());
+        }
+        let decision = self.evaluate(Stage::PostRequest, facts, Some(columns));
+        if decision.action != Action::Allow {
+            self.audit_decision(Stage::PostRequest, &decision, facts)
+                .await;
+        }
+        match decision.action {
+            Action::Allow => Ok(MaskPlan::empty()),
+            Action::Mask => Ok(MaskPlan::build(
+                &decision.masks,
+                columns.iter().map(|c| c.name.as_str()),
+            )),
+            Action::Block => {
+                self.blocked.fetch_add(1, Ordering::Relaxed);
+                Err(decision.block_reason().to_string())
+            }
+            Action::Rewrite | Action::Filter => Err(format!(
+                "post_request decision {:?} cannot be applied to this result; refused",
+                decision.action.as_str()
+            )),
+        }
+    }
+
+    /// `post_request` for a result whose columns the gateway cannot see one by one (e.g. a
+    /// `COPY … TO STDOUT` stream). Any mask the policy asks for cannot be applied there, so
+    /// such a result is refused rather than passed on unmasked.
+    pub async fn check_opaque_result(&self, facts: Option<&QueryFacts>) -> Result<(), String> {
+        if !self.pipeline.policies().has_stage(Stage::PostRequest) {
+            return Ok(());
+        }
+        let decision = self.evaluate(Stage::PostRequest, facts, Some(&[]));
+        if decision.action == Action::Allow && decision.masks.is_empty() {
+            return Ok(());
+        }
+        let refusal = Decision {
+            action: Action::Block,
+            reason: Some(if decision.is_block() {
+                decision.block_reason().to_string()
+            } else {
+                "this result cannot be masked column by column (COPY output); refused because \
+                 the post_request policy asks for masking"
+                    .to_string()
+            }),
+            ..Decision::default()
+        };
+        self.blocked.fetch_add(1, Ordering::Relaxed);
+        self.audit_decision(Stage::PostRequest, &refusal, facts).await;
+        Err(refusal.reason.unwrap_or_default())
+    }
+
+    /// Records one finished request (statement, decision, rows, duration, error).
+    pub async fn record(&self, facts: &QueryFacts, decision: &Decision, outcome: RequestOutcome) {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        if outcome.error.is_some() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if decision.action != Action::Block {
+            self.request_histogram
+                .observe(outcome.duration.as_secs_f64());
+        }
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        recorder
+            .record(QueryEntry {
+                statement: facts.statement.clone(),
+                query_type: facts.query_type.as_str().to_string(),
+                action: decision.action,
+                reason: decision.reason.clone(),
+                rows: outcome.rows,
+                duration: outcome.duration,
+                error: outcome
+                    .error
+                    .map(|(code, message)| EntryError { code, message }),
+            })
+            .await;
+    }
+
+    /// Ends the session: audit, recording summary, metrics.
+    pub async fn close(mut self, reason: &str) {
+        self.finish(reason).await;
+    }
+
+    async fn finish(&mut self, reason: &str) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        let labels = [self.client.protocol.as_str(), self.resource.name.as_str()];
+        self.pipeline
+            .metrics
+            .sessions_active
+            .with_label_values(&labels)
+            .dec();
+        if let Some(recorder) = self.recorder.take() {
+            recorder
+                .finish(SessionSummary {
+                    queries: self.queries.load(Ordering::Relaxed),
+                    blocked: self.blocked.load(Ordering::Relaxed),
+                    errors: self.errors.load(Ordering::Relaxed),
+                })
+                .await;
+        }
+        self.pipeline
+            .audit
+            .emit(AuditEvent {
+                session_id: Some(self.id),
+                reason: Some(reason.to_string()),
+                details: serde_json::json!({
+                    "duration_s": self.started.elapsed().as_secs_f64(),
+                    "queries": self.queries.load(Ordering::Relaxed),
+                    "blocked": self.blocked.load(Ordering::Relaxed),
+                    "errors": self.errors.load(Ordering::Relaxed),
+                }),
+                ..self.event(AuditKind::SessionEnd)
+            })
+            .await;
+        tracing::info!(session = %self.id, queries = self.queries.load(Ordering::Relaxed), blocked = self.blocked.load(Ordering::Relaxed), reason, "session closed");
+        let live = &self.pipeline.live;
+        live.count.fetch_sub(1, Ordering::Relaxed);
+        live.changed.notify_waiters();
+    }
+
+    fn evaluate(
+        &self,
+        stage: Stage,
+        query: Option<&QueryFacts>,
+        columns: Option<&[ColumnFacts]>,
+    ) -> Decision {
+        let policies = self.pipeline.policies();
+        if !policies.has_stage(stage) {
+            return Decision::allow();
+        }
+        let started = Instant::now();
+        let input = PolicyInput {
+            user: &self.identity,
+            resource: &self.resource_facts,
+            session: &self.session_facts,
+            query,
+            columns,
+        };
+        let decision = match policies.evaluate(stage, &input) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(session = %self.id, %stage, error = %e, "policy evaluation failed; denying");
+                Decision::block(format!("denied: policy evaluation failed: {e}"))
+            }
+        };
+        let h = &self.eval_histograms[stage_index(stage)][action_index(decision.action)];
+        h.get_or_init(|| {
+            self.pipeline.metrics.policy_eval.with_label_values(&[
+                self.client.protocol.as_str(),
+                self.resource.name.as_str(),
+                stage.as_str(),
+                decision.action.as_str(),
+            ])
+        })
+        .observe(started.elapsed().as_secs_f64());
+        decision
+    }
+
+    async fn audit_decision(&self, stage: Stage, decision: &Decision, facts: Option<&QueryFacts>) {
+        self.pipeline
+            .metrics
+            .decisions
+            .with_label_values(&[
+                self.client.protocol.as_str(),
+                self.resource.name.as_str(),
+                stage.as_str(),
+                decision.action.as_str(),
+            ])
+            .inc();
+        self.pipeline
+            .audit
+            .emit(AuditEvent {
+                session_id: Some(self.id),
+                stage: Some(stage),
+                action: Some(decision.action),
+                reason: decision.reason.clone(),
+                statement: facts.map(|f| f.statement.clone()),
+                query_type: facts.map(|f| f.query_type.as_str().to_string()),
+                dry_run: decision.dry_run,
+                ..self.event(AuditKind::PolicyDecision)
+            })
+            .await;
+    }
+
+    fn audit_identity(&self) -> AuditIdentity {
+        AuditIdentity {
+            sub: self.identity.sub.clone(),
+            name: self.identity.name.clone(),
+            email: self.identity.email.clone(),
+        }
+    }
+
+    fn event(&self, kind: AuditKind) -> AuditEvent {
+        AuditEvent {
+            identity: Some(self.audit_identity()),
+            resource: Some(self.resource.name.clone()),
+            protocol: Some(self.client.protocol.to_string()),
+            client_addr: Some(self.client.addr.to_string()),
+            ..AuditEvent::new(kind)
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if !self.closed {
+            // A handler that forgot close() (or panicked) must not lose the session end.
+            let pipeline = self.pipeline.clone();
+            let mut orphan = Session {
+                pipeline,
+                id: self.id,
+                identity: self.identity.clone(),
+                resource: self.resource.clone(),
+                client: self.client.clone(),
+                resource_facts: ResourceFacts {
+                    name: String::new(),
+                    protocol: self.resource_facts.protocol,
+                    database: None,
+                },
+                session_facts: SessionFacts {
+                    id: self.id,
+                    client_addr: String::new(),
+                    tls: false,
+                },
+                recorder: self.recorder.take(),
+                started: self.started,
+                queries: AtomicU64::new(self.queries.load(Ordering::Relaxed)),
+                blocked: AtomicU64::new(self.blocked.load(Ordering::Relaxed)),
+                errors: AtomicU64::new(self.errors.load(Ordering::Relaxed)),
+                eval_histograms: Default::default(),
+                request_histogram: self.request_histogram.clone(),
+                closed: false,
+            };
+            self.closed = true;
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { orphan.finish("dropped").await });
+            } else {
+                orphan.closed = true;
+            }
+        }
+    }
+}
