@@ -33,8 +33,15 @@ async fn select_is_masked_in_simple_extended_and_binary_results() {
     assert_eq!(rows.len(), 3);
     let email = rows[0].get("email").unwrap();
     assert_ne!(email, "alice@example.com", "email must be masked");
-    assert!(email.starts_with("al") && email.contains('*'), "partial mask: {email}");
-    assert_eq!(rows[0].get("name"), Some("alice"), "unmasked column untouched");
+    assert!(
+        email.starts_with("al") && email.contains('*'),
+        "partial mask: {email}"
+    );
+    assert_eq!(
+        rows[0].get("name"),
+        Some("alice"),
+        "unmasked column untouched"
+    );
     let ssn = rows[0].get("ssn").unwrap();
     assert!(!ssn.contains("6789"), "ssn redacted: {ssn}");
 
@@ -52,9 +59,15 @@ async fn select_is_masked_in_simple_extended_and_binary_results() {
     assert_eq!(name, "alice");
 
     // Aliased column: the mask follows the result column name the policy sees.
-    let rows = c.query("SELECT email AS contact FROM users WHERE id = 1", &[]).await.unwrap();
+    let rows = c
+        .query("SELECT email AS contact FROM users WHERE id = 1", &[])
+        .await
+        .unwrap();
     let contact: String = rows[0].get(0);
-    assert_eq!(contact, "alice@example.com", "example policy masks by result column name");
+    assert_eq!(
+        contact, "alice@example.com",
+        "example policy masks by result column name"
+    );
 }
 
 #[tokio::test]
@@ -67,11 +80,18 @@ async fn drop_is_blocked_with_42501_and_the_session_stays_usable() {
     assert!(msg.contains("DROP statements are not allowed"), "{msg}");
 
     // Extended protocol too.
-    let err = c.query("DROP TABLE IF EXISTS users", &[]).await.unwrap_err();
+    let err = c
+        .query("DROP TABLE IF EXISTS users", &[])
+        .await
+        .unwrap_err();
     assert_eq!(db_error(&err).0, "42501");
 
     // Same session keeps working, and the table is still there.
-    let n: i64 = c.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 3);
 
     // In a transaction a block aborts it like any error would.
@@ -94,7 +114,15 @@ async fn drop_is_blocked_with_42501_and_the_session_stays_usable() {
 async fn psql_binary_selects_masks_and_is_blocked() {
     let env = start(example()).await;
     let (ok, out, err) = env
-        .psql(&env.alice(), &["-A", "-t", "-c", "SELECT name, email, ssn FROM users WHERE id = 2"])
+        .psql(
+            &env.alice(),
+            &[
+                "-A",
+                "-t",
+                "-c",
+                "SELECT name, email, ssn FROM users WHERE id = 2",
+            ],
+        )
         .await;
     assert!(ok, "psql failed: {err}");
     let line = out.trim();
@@ -108,7 +136,10 @@ async fn psql_binary_selects_masks_and_is_blocked() {
 
     // Several statements in one simple query, the second one blocked: nothing runs.
     let (ok, _, err) = env
-        .psql(&env.alice(), &["-c", "CREATE TEMP TABLE t(x int); DROP TABLE t"])
+        .psql(
+            &env.alice(),
+            &["-c", "CREATE TEMP TABLE t(x int); DROP TABLE t"],
+        )
         .await;
     assert!(!ok && err.contains("not allowed"), "{err}");
 }
@@ -117,7 +148,10 @@ async fn psql_binary_selects_masks_and_is_blocked() {
 async fn prepared_statements_are_reused_many_times() {
     let env = start(example()).await;
     let mut c = env.connect_alice().await;
-    let stmt = c.prepare("SELECT email, $1::int + id AS n FROM users WHERE id = $2").await.unwrap();
+    let stmt = c
+        .prepare("SELECT email, $1::int + id AS n FROM users WHERE id = $2")
+        .await
+        .unwrap();
     for i in 0..200i32 {
         let id = 1 + (i % 3);
         let row = c.query_one(&stmt, &[&i, &id]).await.unwrap();
@@ -128,7 +162,10 @@ async fn prepared_statements_are_reused_many_times() {
     }
     // A portal read in chunks (Execute with a row limit, PortalSuspended) inside a transaction.
     let tx = c.transaction().await.unwrap();
-    let big = tx.prepare("SELECT g, 'x' || g AS email FROM generate_series(1, 1000) g").await.unwrap();
+    let big = tx
+        .prepare("SELECT g, 'x' || g AS email FROM generate_series(1, 1000) g")
+        .await
+        .unwrap();
     let portal = tx.bind(&big, &[]).await.unwrap();
     let mut seen = 0;
     loop {
@@ -151,7 +188,10 @@ async fn large_result_streams_through() {
     let env = start(example()).await;
     let c = env.connect_alice().await;
     let rows = c
-        .query("SELECT g, repeat('y', 100) FROM generate_series(1, 200000) g", &[])
+        .query(
+            "SELECT g, repeat('y', 100) FROM generate_series(1, 200000) g",
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(rows.len(), 200_000);
@@ -163,7 +203,9 @@ async fn large_result_streams_through() {
 async fn copy_in_and_out_work_and_unmaskable_copy_is_refused() {
     let env = start(example()).await;
     let c = env.connect_alice().await;
-    c.simple_query("CREATE TEMP TABLE items(id int, label text)").await.unwrap();
+    c.simple_query("CREATE TEMP TABLE items(id int, label text)")
+        .await
+        .unwrap();
     let sink = c.copy_in("COPY items FROM STDIN").await.unwrap();
     pin_mut!(sink);
     let mut data = String::new();
@@ -174,7 +216,10 @@ async fn copy_in_and_out_work_and_unmaskable_copy_is_refused() {
     let n = sink.finish().await.unwrap();
     assert_eq!(n, 1000);
 
-    let stream = c.copy_out("COPY (SELECT * FROM items ORDER BY id) TO STDOUT").await.unwrap();
+    let stream = c
+        .copy_out("COPY (SELECT * FROM items ORDER BY id) TO STDOUT")
+        .await
+        .unwrap();
     pin_mut!(stream);
     let mut out = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -199,7 +244,10 @@ async fn copy_in_and_out_work_and_unmaskable_copy_is_refused() {
                     }
                 }
             }
-            assert!(!String::from_utf8_lossy(&got).contains("@example.com"), "leaked: {got:?}");
+            assert!(
+                !String::from_utf8_lossy(&got).contains("@example.com"),
+                "leaked: {got:?}"
+            );
             err.expect("COPY users TO STDOUT must fail")
         }
         Err(e) => e,
@@ -244,14 +292,23 @@ async fn wrong_token_or_another_users_token_is_refused_with_28p01() {
         ("mallory", ALICE_TOKEN, "trap-db"),
         ("alice", "", "trap-db"),
     ] {
-        let err = env.connect(&env.conninfo(user, token, db)).await.err().expect("refused");
+        let err = env
+            .connect(&env.conninfo(user, token, db))
+            .await
+            .expect_err("refused");
         let (code, msg) = db_error(&err);
         assert_eq!(code, "28P01", "{user}/{token}: {err}");
         assert!(msg.contains("password authentication failed"), "{msg}");
-        assert!(!msg.contains(token) || token.is_empty(), "never echo the secret");
+        assert!(
+            !msg.contains(token) || token.is_empty(),
+            "never echo the secret"
+        );
     }
     let accepted = tokio::time::timeout(Duration::from_millis(300), trap.accept()).await;
-    assert!(accepted.is_err(), "nothing may reach the upstream on a failed login");
+    assert!(
+        accepted.is_err(),
+        "nothing may reach the upstream on a failed login"
+    );
 
     let events = env
         .wait_audit("auth failures", |e| e["kind"] == "auth_failure")
@@ -263,7 +320,11 @@ async fn wrong_token_or_another_users_token_is_refused_with_28p01() {
 #[tokio::test]
 async fn unknown_resource_and_missing_tls_are_refused_clearly() {
     let env = start(example()).await;
-    let err = env.connect(&env.conninfo("alice", ALICE_TOKEN, "nope")).await.err().unwrap();
+    let err = env
+        .connect(&env.conninfo("alice", ALICE_TOKEN, "nope"))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(db_error(&err).0, "3D000", "{err}");
 
     // Without TLS the token would cross the wire in the clear: refused before it is asked.
@@ -287,12 +348,23 @@ async fn upstream_down_gives_a_clear_error() {
         ..example()
     })
     .await;
-    let err = env.connect(&env.conninfo("alice", ALICE_TOKEN, "down-db")).await.err().unwrap();
+    let err = env
+        .connect(&env.conninfo("alice", ALICE_TOKEN, "down-db"))
+        .await
+        .err()
+        .unwrap();
     let (code, msg) = db_error(&err);
     assert_eq!(code, "08006", "{err}");
-    assert!(msg.contains("could not reach upstream") && msg.contains("down-db"), "{msg}");
+    assert!(
+        msg.contains("could not reach upstream") && msg.contains("down-db"),
+        "{msg}"
+    );
     // The gateway is still serving.
-    env.connect_alice().await.simple_query("SELECT 1").await.unwrap();
+    env.connect_alice()
+        .await
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -301,9 +373,9 @@ async fn garbage_and_truncated_startup_packets_do_not_hurt_the_process() {
     let addr = format!("127.0.0.1:{}", env.port);
     let payloads: Vec<Vec<u8>> = vec![
         b"GET / HTTP/1.1\r\n\r\n".to_vec(),
-        vec![0, 0, 0, 3, 0, 3, 0, 0],                  // length below minimum
-        vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0],      // absurd length
-        vec![0, 0, 0, 40, 0, 3, 0, 0, b'u', b's'],     // truncated startup
+        vec![0, 0, 0, 3, 0, 3, 0, 0],             // length below minimum
+        vec![0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0], // absurd length
+        vec![0, 0, 0, 40, 0, 3, 0, 0, b'u', b's'], // truncated startup
         vec![0, 0, 0, 16, 0, 9, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8], // unknown protocol version
         vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f, 0xde, 0xad], // SSLRequest + bytes before the handshake
         (0..=255u8).cycle().take(5000).collect(),
@@ -314,13 +386,21 @@ async fn garbage_and_truncated_startup_packets_do_not_hurt_the_process() {
         let _ = s.shutdown().await;
         let mut sink = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink)).await;
-        assert!(read.is_ok(), "gateway closes the connection for {:?}", &p[..p.len().min(8)]);
+        assert!(
+            read.is_ok(),
+            "gateway closes the connection for {:?}",
+            &p[..p.len().min(8)]
+        );
     }
     // Garbage after login: an invalid message length mid-session.
     let c = env.connect_alice().await;
     c.simple_query("SELECT 1").await.unwrap();
     let c2 = env.connect_alice().await;
-    let n: i64 = c2.query_one("SELECT count(*) FROM users", &[]).await.unwrap().get(0);
+    let n: i64 = c2
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 3);
     assert!(env.gw.http_get("/health").await.unwrap().status == 200);
 }
@@ -371,7 +451,11 @@ post_request := true
         ..example()
     })
     .await;
-    let err = env.connect(&env.conninfo("bob", BOB_TOKEN, "primary-db")).await.err().unwrap();
+    let err = env
+        .connect(&env.conninfo("bob", BOB_TOKEN, "primary-db"))
+        .await
+        .err()
+        .unwrap();
     let (code, msg) = db_error(&err);
     assert_eq!(code, "42501", "{err}");
     assert!(msg.contains("support staff"), "{msg}");
@@ -403,26 +487,52 @@ async fn upstream_md5_and_cleartext_authentication() {
     })
     .await;
     for db in ["md5-db", "clear-db"] {
-        let c = env.connect(&env.conninfo("alice", ALICE_TOKEN, db)).await.unwrap();
-        let user: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
-        assert!(user == pg.md5_user() || user == pg.clear_user(), "{db}: {user}");
+        let c = env
+            .connect(&env.conninfo("alice", ALICE_TOKEN, db))
+            .await
+            .unwrap();
+        let user: String = c
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            user == pg.md5_user() || user == pg.clear_user(),
+            "{db}: {user}"
+        );
     }
-    let err = env.connect(&env.conninfo("alice", ALICE_TOKEN, "badcred-db")).await.err().unwrap();
+    let err = env
+        .connect(&env.conninfo("alice", ALICE_TOKEN, "badcred-db"))
+        .await
+        .err()
+        .unwrap();
     let (code, msg) = db_error(&err);
     assert_eq!(code, "08006");
-    assert!(msg.contains("configured credentials") && !msg.contains("wrong"), "{msg}");
+    assert!(
+        msg.contains("configured credentials") && !msg.contains("wrong"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
 async fn session_settings_reach_the_upstream_and_do_not_leak_between_sessions() {
     let env = start(example()).await;
-    let conn = format!("{} application_name=gate-test options='-c search_path=pg_catalog'", env.alice());
+    let conn = format!(
+        "{} application_name=gate-test options='-c search_path=pg_catalog'",
+        env.alice()
+    );
     let c = env.connect(&conn).await.unwrap();
-    let app: String = c.query_one("SHOW application_name", &[]).await.unwrap().get(0);
+    let app: String = c
+        .query_one("SHOW application_name", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(app, "gate-test");
     let sp: String = c.query_one("SHOW search_path", &[]).await.unwrap().get(0);
     assert_eq!(sp, "pg_catalog");
-    c.simple_query("SET work_mem = '7MB'; PREPARE leaky AS SELECT 1").await.unwrap();
+    c.simple_query("SET work_mem = '7MB'; PREPARE leaky AS SELECT 1")
+        .await
+        .unwrap();
     drop(c);
 
     // The next session may get the same pooled upstream: none of that state may remain.
@@ -431,7 +541,10 @@ async fn session_settings_reach_the_upstream_and_do_not_leak_between_sessions() 
         let wm: String = c.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
         assert_ne!(wm, "7MB");
         let n: i64 = c
-            .query_one("SELECT count(*) FROM pg_prepared_statements WHERE name = 'leaky'", &[])
+            .query_one(
+                "SELECT count(*) FROM pg_prepared_statements WHERE name = 'leaky'",
+                &[],
+            )
             .await
             .unwrap()
             .get(0);
@@ -443,7 +556,9 @@ async fn session_settings_reach_the_upstream_and_do_not_leak_between_sessions() 
 async fn recording_and_audit_hold_what_happened_and_no_secrets() {
     let env = start(example()).await;
     let c = env.connect_alice().await;
-    c.simple_query("SELECT email FROM users WHERE id = 1").await.unwrap();
+    c.simple_query("SELECT email FROM users WHERE id = 1")
+        .await
+        .unwrap();
     let _ = c.simple_query("DROP TABLE users").await;
     let _ = c.simple_query("SELECT * FROM no_such_table").await;
     drop(c);
@@ -451,19 +566,32 @@ async fn recording_and_audit_hold_what_happened_and_no_secrets() {
     let events = env
         .wait_audit("session end", |e| e["kind"] == "session_end")
         .await;
-    let started = events.iter().find(|e| e["kind"] == "session_start").unwrap();
+    let started = events
+        .iter()
+        .find(|e| e["kind"] == "session_start")
+        .unwrap();
     let sid = started["session_id"].as_str().unwrap().to_string();
     assert_eq!(started["identity"]["name"], "alice");
     assert_eq!(started["resource"], "primary-db");
-    assert!(events.iter().any(|e| e["kind"] == "policy_decision" && e["statement"] == "SELECT email FROM users WHERE id = 1" && e["action"] == "allow"));
-    let ids: std::collections::HashSet<_> = events.iter().map(|e| e["id"].as_str().unwrap().to_string()).collect();
+    assert!(events.iter().any(|e| e["kind"] == "policy_decision"
+        && e["statement"] == "SELECT email FROM users WHERE id = 1"
+        && e["action"] == "allow"));
+    let ids: std::collections::HashSet<_> = events
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), events.len(), "event ids are unique");
 
     // The recording of that session.
     let rec = gate_test_support::wait_until("recording", Duration::from_secs(20), || async {
         files_under(&env.data_dir().join("recordings"))
             .into_iter()
-            .find(|p| p.to_string_lossy().contains(&sid) && std::fs::read_to_string(p).map(|t| t.contains("\"end\"")).unwrap_or(false))
+            .find(|p| {
+                p.to_string_lossy().contains(&sid)
+                    && std::fs::read_to_string(p)
+                        .map(|t| t.contains("\"end\""))
+                        .unwrap_or(false)
+            })
     })
     .await
     .unwrap();
@@ -483,7 +611,10 @@ async fn recording_and_audit_hold_what_happened_and_no_secrets() {
     }
     everything.push_str(&env.gw.log());
     assert!(!everything.contains(ALICE_TOKEN), "token leaked");
-    assert!(!everything.contains(env.pg.app_password()), "upstream password leaked");
+    assert!(
+        !everything.contains(env.pg.app_password()),
+        "upstream password leaked"
+    );
 }
 
 #[tokio::test]
@@ -502,7 +633,10 @@ async fn metrics_expose_pool_policy_and_request_latency() {
     ] {
         assert!(m.contains(name), "{name} missing from /metrics:\n{m}");
     }
-    assert!(m.contains(r#"gate_connpool_active_connections{resource="primary-db"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"gate_connpool_active_connections{resource="primary-db"} 1"#),
+        "{m}"
+    );
     assert!(m.contains(r#"stage="pre_request""#));
 }
 
@@ -523,9 +657,15 @@ async fn pool_exhaustion_is_reported_and_sessions_wait_their_turn() {
     // Logging in needs no upstream connection; the first query does, and the pool is empty.
     let b = env.connect(&conn).await.unwrap();
     let err = b.simple_query("SELECT 1").await.unwrap_err();
-    assert!(err.to_string().contains("exhausted") || db_error(&err).1.contains("exhausted"), "{err}");
+    assert!(
+        err.to_string().contains("exhausted") || db_error(&err).1.contains("exhausted"),
+        "{err}"
+    );
     let m = env.metrics().await;
-    assert!(m.contains(r#"gate_connpool_exhausted_total{resource="tiny-db"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"gate_connpool_exhausted_total{resource="tiny-db"} 1"#),
+        "{m}"
+    );
     drop(a);
     // Once the first session ends its connection returns to the pool.
     gate_test_support::wait_until("pooled connection", Duration::from_secs(10), || async {
@@ -544,7 +684,10 @@ async fn sigterm_drains_and_flushes_audit() {
     env.gw.sigterm().unwrap();
     // New connections are refused once the listener is closed.
     gate_test_support::wait_until("listener closed", Duration::from_secs(10), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", env.port)).await.err().map(|_| ())
+        tokio::net::TcpStream::connect(("127.0.0.1", env.port))
+            .await
+            .err()
+            .map(|_| ())
     })
     .await
     .unwrap();
@@ -559,11 +702,17 @@ async fn sigterm_drains_and_flushes_audit() {
     })
     .await
     .expect("session ended by shutdown");
-    assert!(err.to_string().contains("shutting down") || db_error(&err).0 == "57P01" || err.is_closed(), "{err}");
+    assert!(
+        err.to_string().contains("shutting down") || db_error(&err).0 == "57P01" || err.is_closed(),
+        "{err}"
+    );
     let status = env.gw.wait_exit(Duration::from_secs(30)).await.unwrap();
     assert!(status.success(), "{status:?}\n{}", env.gw.log());
     let events = env.audit_events();
-    assert!(events.iter().any(|e| e["kind"] == "session_end"), "{events:#?}");
+    assert!(
+        events.iter().any(|e| e["kind"] == "session_end"),
+        "{events:#?}"
+    );
 }
 
 #[tokio::test]
@@ -595,22 +744,41 @@ async fn oidc_jwt_authenticates_the_named_user() {
         header.kid = Some("k1".into());
         jsonwebtoken::encode(&header, &claims, &enc).unwrap()
     };
-    let good = jwt(serde_json::json!({"sub": "u-123", "email": "carol@example.com",
-        "iss": "https://idp.test", "aud": "gate", "exp": now + 600, "groups": ["engineering"]}));
-    let c = env.connect(&env.conninfo("carol@example.com", &good, "primary-db")).await.unwrap();
+    let good = jwt(
+        serde_json::json!({"sub": "u-123", "email": "carol@example.com",
+        "iss": "https://idp.test", "aud": "gate", "exp": now + 600, "groups": ["engineering"]}),
+    );
+    let c = env
+        .connect(&env.conninfo("carol@example.com", &good, "primary-db"))
+        .await
+        .unwrap();
     c.simple_query("SELECT 1").await.unwrap();
 
     // Someone else's token, a wrong audience, an expired token: all 28P01.
-    let wrong_aud = jwt(serde_json::json!({"sub": "u-123", "email": "carol@example.com",
-        "iss": "https://idp.test", "aud": "other", "exp": now + 600}));
-    let expired = jwt(serde_json::json!({"sub": "u-123", "email": "carol@example.com",
-        "iss": "https://idp.test", "aud": "gate", "exp": now - 3600}));
-    for (user, token) in [("dave@example.com", &good), ("carol@example.com", &wrong_aud), ("carol@example.com", &expired)] {
-        let err = env.connect(&env.conninfo(user, token, "primary-db")).await.err().unwrap();
+    let wrong_aud = jwt(
+        serde_json::json!({"sub": "u-123", "email": "carol@example.com",
+        "iss": "https://idp.test", "aud": "other", "exp": now + 600}),
+    );
+    let expired = jwt(
+        serde_json::json!({"sub": "u-123", "email": "carol@example.com",
+        "iss": "https://idp.test", "aud": "gate", "exp": now - 3600}),
+    );
+    for (user, token) in [
+        ("dave@example.com", &good),
+        ("carol@example.com", &wrong_aud),
+        ("carol@example.com", &expired),
+    ] {
+        let err = env
+            .connect(&env.conninfo(user, token, "primary-db"))
+            .await
+            .err()
+            .unwrap();
         assert_eq!(db_error(&err).0, "28P01", "{user}: {err}");
     }
     let events = env
-        .wait_audit("OIDC session start", |e| e["kind"] == "session_start" && e["identity"]["sub"] == "u-123")
+        .wait_audit("OIDC session start", |e| {
+            e["kind"] == "session_start" && e["identity"]["sub"] == "u-123"
+        })
         .await;
     assert!(events.iter().any(|e| e["kind"] == "auth_failure"));
 }

@@ -49,7 +49,10 @@ pub async fn detect(stream: &TcpStream) -> Detected {
             return d;
         }
         // Fewer than 8 bytes so far: wait for more without spinning.
-        if tokio::time::timeout_at(deadline, stream.readable()).await.is_err() {
+        if tokio::time::timeout_at(deadline, stream.readable())
+            .await
+            .is_err()
+        {
             return Detected::Silent;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;

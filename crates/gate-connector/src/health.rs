@@ -19,7 +19,9 @@ pub struct HealthState {
 
 pub async fn serve(listener: TcpListener, state: Arc<HealthState>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| respond(req, state.clone()));
@@ -30,17 +32,30 @@ pub async fn serve(listener: TcpListener, state: Arc<HealthState>) {
     }
 }
 
-async fn respond(req: Request<Incoming>, state: Arc<HealthState>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    req: Request<Incoming>,
+    state: Arc<HealthState>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, content_type, body) = match req.uri().path() {
         "/health" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/ready" if state.ready.load(Ordering::Relaxed) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-        "/ready" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_string()),
+        "/ready" if state.ready.load(Ordering::Relaxed) => {
+            (StatusCode::OK, "text/plain", "ready\n".to_string())
+        }
+        "/ready" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready\n".to_string(),
+        ),
         "/metrics" => (
             StatusCode::OK,
             "text/plain; version=0.0.4",
             state.pipeline.metrics().encode(),
         ),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_string(),
+        ),
     };
     Ok(Response::builder()
         .status(status)

@@ -19,7 +19,11 @@ use clap::{Parser, Subcommand};
 use gate_core::config::{ConnectorConfig, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "gate-connector", version, about = "Gate connector: the access gateway's data plane")]
+#[command(
+    name = "gate-connector",
+    version,
+    about = "Gate connector: the access gateway's data plane"
+)]
 struct Cli {
     /// Config file (for running).
     #[arg(long, short, env = "GATE_CONNECTOR_CONFIG", global = true)]
@@ -80,7 +84,10 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(&cfg);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("gate-connector: cannot start runtime: {e}");
@@ -123,7 +130,9 @@ fn init_logging(cfg: &ConnectorConfig) {
             cfg.logging.level
         ))
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cfg.logging.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

@@ -28,7 +28,10 @@ const AUDIT_QUEUE: usize = 16 * 1024;
 const REAP_INTERVAL: Duration = Duration::from_secs(30);
 
 fn policy_refs(cfg: &ConnectorConfig) -> Vec<(std::path::PathBuf, gate_core::Stage)> {
-    cfg.policies.iter().map(|p| (p.path.clone(), p.stage)).collect()
+    cfg.policies
+        .iter()
+        .map(|p| (p.path.clone(), p.stage))
+        .collect()
 }
 
 /// Compiles the configured policies (for `check`).
@@ -58,7 +61,9 @@ fn masker(cfg: &ConnectorConfig) -> Masker {
     match &cfg.masking.hash_key {
         Some(k) => Masker::new(k.as_bytes()),
         None => {
-            tracing::warn!("masking.hash_key is not set: `hash` masks are stable only until restart");
+            tracing::warn!(
+                "masking.hash_key is not set: `hash` masks are stable only until restart"
+            );
             let key: [u8; 32] = rand::random();
             Masker::new(&key)
         }
@@ -69,11 +74,14 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let tls = tls_acceptor(&cfg)?;
     if tls.is_none() {
-        tracing::warn!("TLS is not configured: clients send their tokens in the clear; enable tls for anything but local testing");
+        tracing::warn!(
+            "TLS is not configured: clients send their tokens in the clear; enable tls for anything but local testing"
+        );
     }
     let policies = PolicySet::load_files(&policy_refs(&cfg)).context("policies")?;
     let (audit, audit_writer) = AuditLog::start(
-        JsonlFileSink::new(&cfg.audit.file).with_context(|| format!("audit.file {}", cfg.audit.file.display()))?,
+        JsonlFileSink::new(&cfg.audit.file)
+            .with_context(|| format!("audit.file {}", cfg.audit.file.display()))?,
         AUDIT_QUEUE,
     );
     let recordings = if cfg.recording.enabled {
@@ -97,7 +105,9 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
     // Bind everything before reporting ready, so a port conflict fails start-up loudly.
     let shared: SocketAddr = cfg.listen_addr.parse().context("listen_addr")?;
     let mut listeners = vec![(
-        TcpListener::bind(shared).await.with_context(|| format!("listen_addr {shared}"))?,
+        TcpListener::bind(shared)
+            .await
+            .with_context(|| format!("listen_addr {shared}"))?,
         None,
     )];
     for r in &cfg.resources {
@@ -115,7 +125,9 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
     });
     let health_task = match &cfg.health_addr {
         Some(addr) => {
-            let l = TcpListener::bind(addr).await.with_context(|| format!("health_addr {addr}"))?;
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("health_addr {addr}"))?;
             Some(tokio::spawn(health::serve(l, health_state.clone())))
         }
         None => None,
@@ -158,13 +170,23 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
     }
 
     // Graceful shutdown: stop accepting, let sessions drain, then end the rest and flush.
-    tracing::info!(sessions = pipeline.live_sessions(), "shutting down: no new connections");
+    tracing::info!(
+        sessions = pipeline.live_sessions(),
+        "shutting down: no new connections"
+    );
     health_state.ready.store(false, Ordering::Relaxed);
     accept_loops.abort_all();
     reaper.abort();
     let drain = cfg.shutdown.drain_timeout;
-    if tokio::time::timeout(drain, pipeline.sessions_drained()).await.is_err() {
-        tracing::warn!(sessions = pipeline.live_sessions(), ?drain, "drain deadline passed; ending sessions");
+    if tokio::time::timeout(drain, pipeline.sessions_drained())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            sessions = pipeline.live_sessions(),
+            ?drain,
+            "drain deadline passed; ending sessions"
+        );
         pipeline.begin_shutdown();
         let _ = tokio::time::timeout(Duration::from_secs(10), pipeline.sessions_drained()).await;
     }
@@ -177,14 +199,21 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
     if let Some(h) = health_task {
         h.abort();
     }
-    if tokio::time::timeout(Duration::from_secs(10), audit_writer.join()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), audit_writer.join())
+        .await
+        .is_err()
+    {
         tracing::warn!("audit writer did not stop in time");
     }
     tracing::info!("gate-connector stopped");
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, dedicated: Option<(Arc<str>, Protocol)>, postgres: Arc<PostgresHandler>) {
+async fn accept_loop(
+    listener: TcpListener,
+    dedicated: Option<(Arc<str>, Protocol)>,
+    postgres: Arc<PostgresHandler>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -199,7 +228,9 @@ async fn accept_loop(listener: TcpListener, dedicated: Option<(Arc<str>, Protoco
         let dedicated = dedicated.clone();
         tokio::spawn(async move {
             match dedicated {
-                Some((resource, Protocol::Postgres)) => postgres.serve(stream, peer, Some(resource)).await,
+                Some((resource, Protocol::Postgres)) => {
+                    postgres.serve(stream, peer, Some(resource)).await
+                }
                 Some((resource, protocol)) => {
                     tracing::warn!(%resource, %protocol, "protocol not served by this connector yet; closing");
                 }
@@ -213,6 +244,8 @@ async fn accept_loop(listener: TcpListener, dedicated: Option<(Arc<str>, Protoco
 async fn dispatch(stream: TcpStream, peer: SocketAddr, postgres: Arc<PostgresHandler>) {
     match detect::detect(&stream).await {
         Detected::Postgres => postgres.serve(stream, peer, None).await,
-        other => tracing::debug!(%peer, detected = ?other, "unrecognised protocol on the shared listener; closing"),
+        other => {
+            tracing::debug!(%peer, detected = ?other, "unrecognised protocol on the shared listener; closing")
+        }
     }
 }

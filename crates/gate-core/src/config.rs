@@ -543,17 +543,13 @@ fn expand_env(
 ) {
     use yaml_serde::Value;
     match v {
-        Value::String(s) => {
-            if s.contains('$') {
-                match expand_str(s, env) {
-                    Ok(out) => *s = out,
-                    Err(message) => errors.push(ConfigError {
-                        path: path.clone(),
-                        message,
-                    }),
-                }
-            }
-        }
+        Value::String(s) if s.contains('$') => match expand_str(s, env) {
+            Ok(out) => *s = out,
+            Err(message) => errors.push(ConfigError {
+                path: path.clone(),
+                message,
+            }),
+        },
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 let len = path.len();

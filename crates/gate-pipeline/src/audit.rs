@@ -105,7 +105,12 @@ impl AuditLog {
             .name("gate-audit".into())
             .spawn(move || writer_loop(sink, rx))
             .expect("spawn audit writer thread");
-        (AuditLog { tx }, AuditWriter { thread: Some(thread) })
+        (
+            AuditLog { tx },
+            AuditWriter {
+                thread: Some(thread),
+            },
+        )
     }
 
     /// Queues an event; waits when the writer is behind. Never drops the event while the

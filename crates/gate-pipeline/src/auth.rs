@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use gate_core::Identity;
 use gate_core::config::{AuthConfig, OidcConfig};
 use gate_core::identity::AuthMethod;
 use gate_core::secret::TokenDigest;
-use gate_core::Identity;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -83,12 +83,12 @@ impl Authenticator {
         {
             return oidc.verify(user, secret).await;
         }
-        // Hash even when the user is unknown, so timing does not tell which names exist.
-        let presented = TokenDigest::of_token(secret);
         match self.tokens.get(user) {
             Some(t) if t.digest.matches(secret) => Ok(t.identity.clone()),
-            _ => {
-                drop(presented);
+            Some(_) => Err(AuthError::Rejected(user.to_string())),
+            None => {
+                // Hash anyway, so timing does not tell which names exist.
+                std::hint::black_box(TokenDigest::of_token(secret));
                 Err(AuthError::Rejected(user.to_string()))
             }
         }
@@ -152,7 +152,10 @@ impl Oidc {
                 let client = reqwest::Client::builder()
                     .timeout(Duration::from_secs(5))
                     .build()?;
-                (JwksSource::Url(url.clone(), client), JwkSet { keys: vec![] })
+                (
+                    JwksSource::Url(url.clone(), client),
+                    JwkSet { keys: vec![] },
+                )
             }
             (None, None) => anyhow::bail!("auth.oidc: set jwks_url or jwks_file"),
         };
@@ -184,7 +187,13 @@ impl Oidc {
             if due {
                 *fetched = Some(Instant::now());
                 let set: JwkSet = async {
-                    client.get(url).send().await?.error_for_status()?.json().await
+                    client
+                        .get(url)
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .json()
+                        .await
                 }
                 .await
                 .map_err(|e: reqwest::Error| {
@@ -206,10 +215,13 @@ impl Oidc {
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
             return Err(reject());
         }
-        let key = self.key_for(header.kid.as_deref()).await.map_err(|e| match e {
-            AuthError::Rejected(_) => reject(),
-            other => other,
-        })?;
+        let key = self
+            .key_for(header.kid.as_deref())
+            .await
+            .map_err(|e| match e {
+                AuthError::Rejected(_) => reject(),
+                other => other,
+            })?;
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
@@ -219,10 +231,14 @@ impl Oidc {
             jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|_| reject())?;
         let c = data.claims;
         // The token must belong to the user the client named.
-        let named = [Some(&c.sub), c.email.as_ref(), c.preferred_username.as_ref()]
-            .into_iter()
-            .flatten()
-            .any(|n| n == user);
+        let named = [
+            Some(&c.sub),
+            c.email.as_ref(),
+            c.preferred_username.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|n| n == user);
         if !named {
             return Err(reject());
         }

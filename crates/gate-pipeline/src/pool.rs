@@ -19,7 +19,9 @@ use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError<E> {
-    #[error("no upstream connection for {resource} became free within {waited:?} (pool of {max} exhausted)")]
+    #[error(
+        "no upstream connection for {resource} became free within {waited:?} (pool of {max} exhausted)"
+    )]
     Exhausted {
         resource: String,
         waited: Duration,
@@ -244,12 +246,19 @@ mod tests {
         assert_eq!(*a.get(), 1);
         let err = pool.acquire(|| new_conn(2), |_| true).await.err().unwrap();
         assert!(matches!(err, PoolError::Exhausted { max: 1, .. }), "{err}");
-        assert_eq!(metrics.connpool_exhausted.with_label_values(&["db"]).get(), 1);
+        assert_eq!(
+            metrics.connpool_exhausted.with_label_values(&["db"]).get(),
+            1
+        );
         a.release();
         let b = pool.acquire(|| new_conn(3), |_| true).await.unwrap();
         assert_eq!(*b.get(), 1, "the released connection is reused");
         drop(b);
-        assert_eq!(pool.idle_count(), 0, "a dropped connection is closed, not pooled");
+        assert_eq!(
+            pool.idle_count(),
+            0,
+            "a dropped connection is closed, not pooled"
+        );
         let c = pool.acquire(|| new_conn(4), |_| true).await.unwrap();
         assert_eq!(*c.get(), 4);
         assert_eq!(metrics.connpool_active.with_label_values(&["db"]).get(), 1);
@@ -267,14 +276,21 @@ mod tests {
         }
         a.release();
         let got = waiter.await.unwrap().unwrap();
-        assert_eq!(*got.get(), 2, "idle connection 1 was refused by still_usable");
+        assert_eq!(
+            *got.get(),
+            2,
+            "idle connection 1 was refused by still_usable"
+        );
     }
 
     #[tokio::test]
     async fn reaps_expired_idle_connections() {
         let metrics = Metrics::new();
         let pool: Pool<u32> = Pool::new("db", &cfg(2, 50, 1), &metrics);
-        pool.acquire(|| new_conn(1), |_| true).await.unwrap().release();
+        pool.acquire(|| new_conn(1), |_| true)
+            .await
+            .unwrap()
+            .release();
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(pool.reap_idle(), 1);
         assert_eq!(metrics.connpool_idle.with_label_values(&["db"]).get(), 0);

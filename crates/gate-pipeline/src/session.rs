@@ -138,7 +138,9 @@ impl Pipeline {
         session.session_facts.id = session.id;
 
         let decision = session.evaluate(Stage::Session, None, None);
-        session.audit_decision(Stage::Session, &decision, None).await;
+        session
+            .audit_decision(Stage::Session, &decision, None)
+            .await;
         if decision.is_block() {
             return Err(SessionDenied {
                 reason: decision.block_reason().to_string(),
@@ -155,7 +157,10 @@ impl Pipeline {
             started_at: SystemTime::now(),
         }));
         session.closed = false;
-        self.metrics.sessions_active.with_label_values(&labels).inc();
+        self.metrics
+            .sessions_active
+            .with_label_values(&labels)
+            .inc();
         self.metrics.sessions_total.with_label_values(&labels).inc();
         self.live.count.fetch_add(1, Ordering::Relaxed);
         self.audit
@@ -245,7 +250,8 @@ impl Session {
             ..Decision::default()
         };
         self.blocked.fetch_add(1, Ordering::Relaxed);
-        self.audit_decision(Stage::PostRequest, &refusal, facts).await;
+        self.audit_decision(Stage::PostRequest, &refusal, facts)
+            .await;
         Err(refusal.reason.unwrap_or_default())
     }
 

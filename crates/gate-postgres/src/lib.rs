@@ -12,6 +12,7 @@
 //! client's settings are applied to the upstream with `set_config`.
 
 mod relay;
+pub mod rowmask;
 pub mod scram;
 pub mod upstream;
 pub mod wire;
@@ -48,9 +49,12 @@ pub struct PostgresHandler {
     tls: Option<TlsAcceptor>,
     pools: HashMap<String, Pool<Upstream>>,
     /// Upstream ParameterStatus values per resource, learned from its first connection.
-    server_params: Mutex<HashMap<String, Arc<Vec<(String, String)>>>>,
+    server_params: Mutex<HashMap<String, ServerParams>>,
     cancels: Mutex<HashMap<i32, CancelTarget>>,
 }
+
+/// `(name, value)` pairs a server reports with ParameterStatus at startup.
+type ServerParams = Arc<Vec<(String, String)>>;
 
 struct CancelTarget {
     secret: i32,
@@ -64,7 +68,11 @@ enum ClientStream {
 }
 
 impl AsyncRead for ClientStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
@@ -73,7 +81,11 @@ impl AsyncRead for ClientStream {
 }
 
 impl AsyncWrite for ClientStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
@@ -114,7 +126,12 @@ impl PostgresHandler {
         let pools = pipeline
             .resources()
             .filter(|r| r.protocol == Protocol::Postgres)
-            .map(|r| (r.name.clone(), Pool::new(&r.name, &r.pool, pipeline.metrics())))
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    Pool::new(&r.name, &r.pool, pipeline.metrics()),
+                )
+            })
             .collect();
         Arc::new(PostgresHandler {
             pipeline,
@@ -141,7 +158,12 @@ impl PostgresHandler {
 
     /// Serves one client connection to the end. `implied_resource` is set on a resource's
     /// dedicated listener; on the shared listener the `database` parameter names it.
-    pub async fn serve(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, implied_resource: Option<Arc<str>>) {
+    pub async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        implied_resource: Option<Arc<str>>,
+    ) {
         stream.set_nodelay(true).ok();
         let login = match tokio::time::timeout(STARTUP_TIMEOUT, self.startup(stream)).await {
             Ok(Some(login)) => login,
@@ -180,7 +202,9 @@ impl PostgresHandler {
                         continue;
                     };
                     client.write_all(b"S").await.ok()?;
-                    let ClientStream::Plain(tcp) = client else { return None };
+                    let ClientStream::Plain(tcp) = client else {
+                        return None;
+                    };
                     match acceptor.accept(tcp).await {
                         Ok(s) => client = ClientStream::Tls(Box::new(s)),
                         Err(e) => {
@@ -224,11 +248,28 @@ impl PostgresHandler {
                         w.finish();
                         client.write_all(&out).await.ok()?;
                     }
-                    let params = params.into_iter().filter(|(k, _)| !k.starts_with("_pq_.")).collect();
-                    return Some(Login { client, buf, tls, params });
+                    let params = params
+                        .into_iter()
+                        .filter(|(k, _)| !k.starts_with("_pq_."))
+                        .collect();
+                    return Some(Login {
+                        client,
+                        buf,
+                        tls,
+                        params,
+                    });
                 }
                 _ => {
-                    refuse(&mut client, "0A000", &format!("unsupported frontend protocol {}.{}", code >> 16, code & 0xffff)).await;
+                    refuse(
+                        &mut client,
+                        "0A000",
+                        &format!(
+                            "unsupported frontend protocol {}.{}",
+                            code >> 16,
+                            code & 0xffff
+                        ),
+                    )
+                    .await;
                     return None;
                 }
             }
@@ -251,20 +292,45 @@ impl PostgresHandler {
         }
     }
 
-    async fn login(self: Arc<Self>, login: Login, peer: SocketAddr, implied_resource: Option<Arc<str>>) {
-        let Login { mut client, mut buf, tls, params } = login;
+    async fn login(
+        self: Arc<Self>,
+        login: Login,
+        peer: SocketAddr,
+        implied_resource: Option<Arc<str>>,
+    ) {
+        let Login {
+            mut client,
+            mut buf,
+            tls,
+            params,
+        } = login;
         let info = ClientInfo {
             addr: peer,
             protocol: Protocol::Postgres,
             tls,
         };
-        let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
         let Some(user) = param("user").filter(|u| !u.is_empty()).map(str::to_string) else {
-            refuse(&mut client, "28000", "no PostgreSQL user name specified in startup packet").await;
+            refuse(
+                &mut client,
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            )
+            .await;
             return;
         };
         if param("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
-            refuse(&mut client, "42501", "replication connections are not allowed through Gate").await;
+            refuse(
+                &mut client,
+                "42501",
+                "replication connections are not allowed through Gate",
+            )
+            .await;
             return;
         }
         let resource_name = match &implied_resource {
@@ -273,9 +339,18 @@ impl PostgresHandler {
         };
         if self.tls.is_some() && !tls {
             self.pipeline
-                .audit_refused(&info, Some(&user), "TLS required but the client did not use it")
+                .audit_refused(
+                    &info,
+                    Some(&user),
+                    "TLS required but the client did not use it",
+                )
                 .await;
-            refuse(&mut client, "28000", "Gate requires TLS for password authentication: connect with sslmode=require").await;
+            refuse(
+                &mut client,
+                "28000",
+                "Gate requires TLS for password authentication: connect with sslmode=require",
+            )
+            .await;
             return;
         }
 
@@ -300,7 +375,11 @@ impl PostgresHandler {
             Err(_) => return, // client hung up at the password prompt (psql does this once)
         };
 
-        let identity = match self.pipeline.authenticate(&info, Some(&resource_name), &user, &password).await {
+        let identity = match self
+            .pipeline
+            .authenticate(&info, Some(&resource_name), &user, &password)
+            .await
+        {
             Ok(id) => id,
             Err(e) => {
                 refuse(&mut client, "28P01", &e.to_string()).await;
@@ -308,12 +387,23 @@ impl PostgresHandler {
             }
         };
         drop(password);
-        let Some(resource) = self.pipeline.resource(&resource_name).filter(|r| r.protocol == Protocol::Postgres).cloned() else {
-            self.pipeline.audit_refused(&info, Some(&user), "unknown resource").await;
+        let Some(resource) = self
+            .pipeline
+            .resource(&resource_name)
+            .filter(|r| r.protocol == Protocol::Postgres)
+            .cloned()
+        else {
+            self.pipeline
+                .audit_refused(&info, Some(&user), "unknown resource")
+                .await;
             refuse(&mut client, "3D000", &format!("database \"{resource_name}\" does not exist (no PostgreSQL resource of that name in Gate)")).await;
             return;
         };
-        let session = match self.pipeline.open_session(info, identity, resource.clone()).await {
+        let session = match self
+            .pipeline
+            .open_session(info, identity, resource.clone())
+            .await
+        {
             Ok(s) => s,
             Err(denied) => {
                 refuse(&mut client, "42501", &denied.reason).await;
@@ -324,13 +414,21 @@ impl PostgresHandler {
         let settings: Vec<(String, String)> = session_settings(&params);
         // The first session for a resource connects eagerly to learn the server's parameters.
         let mut upstream = None;
-        let known = self.server_params.lock().expect("params").get(&resource.name).cloned();
+        let known = self
+            .server_params
+            .lock()
+            .expect("params")
+            .get(&resource.name)
+            .cloned();
         let server_params = match known {
             Some(p) => p,
             None => match self.assign_upstream(&resource, &settings).await {
                 Ok(u) => {
                     let p = Arc::new(u.get().params.clone());
-                    self.server_params.lock().expect("params").insert(resource.name.clone(), p.clone());
+                    self.server_params
+                        .lock()
+                        .expect("params")
+                        .insert(resource.name.clone(), p.clone());
                     upstream = Some(u);
                     p
                 }
@@ -346,13 +444,18 @@ impl PostgresHandler {
         out.clear();
         wire::put_auth_request(&mut out, 0);
         for (k, v) in server_params.iter() {
-            let v = settings.iter().find(|(ck, _)| ck.eq_ignore_ascii_case(k)).map(|(_, cv)| cv).unwrap_or(v);
+            let v = settings
+                .iter()
+                .find(|(ck, _)| ck.eq_ignore_ascii_case(k))
+                .map(|(_, cv)| cv)
+                .unwrap_or(v);
             wire::put_parameter_status(&mut out, k, v);
         }
         wire::put_backend_key(&mut out, pid, secret);
         wire::put_ready(&mut out, b'I');
         let reason = if client.write_all(&out).await.is_ok() {
-            self.run_session(&session, client, buf, upstream, &resource, &settings, pid).await
+            self.run_session(&session, client, buf, upstream, &resource, &settings, pid)
+                .await
         } else {
             "client went away"
         };
@@ -361,8 +464,15 @@ impl PostgresHandler {
     }
 
     /// A pooled upstream with the client's settings applied, or a client-facing message.
-    async fn assign_upstream(&self, resource: &ResourceConfig, settings: &[(String, String)]) -> Result<PooledConn<Upstream>, String> {
-        let pool = self.pools.get(&resource.name).ok_or("no pool for resource")?;
+    async fn assign_upstream(
+        &self,
+        resource: &ResourceConfig,
+        settings: &[(String, String)],
+    ) -> Result<PooledConn<Upstream>, String> {
+        let pool = self
+            .pools
+            .get(&resource.name)
+            .ok_or("no pool for resource")?;
         let mut conn = pool
             .acquire(|| Upstream::connect(resource), |u| u.idle_and_open())
             .await
@@ -381,7 +491,9 @@ impl PostgresHandler {
             match conn.get_mut().run_quietly(&sql).await {
                 Ok(None) => {}
                 Ok(Some((_, message))) => {
-                    conn.get_mut().reset(b'I').await.ok().map(|_| conn.release());
+                    if conn.get_mut().reset(b'I').await.is_ok() {
+                        conn.release();
+                    }
                     return Err(format!("invalid startup setting: {message}"));
                 }
                 Err(e) => return Err(format!("upstream \"{}\" failed: {e}", resource.name)),
@@ -446,7 +558,8 @@ impl PostgresHandler {
                 match self.assign_upstream(resource, settings).await {
                     Ok(u) => {
                         if let Some(t) = self.cancels.lock().expect("cancel map").get_mut(&pid) {
-                            t.upstream = Some((u.get().addr, u.get().backend_pid, u.get().backend_secret));
+                            t.upstream =
+                                Some((u.get().addr, u.get().backend_pid, u.get().backend_secret));
                         }
                         u
                     }
@@ -470,19 +583,34 @@ impl PostgresHandler {
             }
         };
         let reason = if shut_down {
-            refuse(&mut client, "57P01", "terminating connection: Gate is shutting down").await;
+            refuse(
+                &mut client,
+                "57P01",
+                "terminating connection: Gate is shutting down",
+            )
+            .await;
             "gateway shutdown"
         } else {
             match &end {
                 RelayEnd::ClientGone => "client disconnected",
                 RelayEnd::ClientError(e) => {
                     tracing::info!(session = %session.id, error = %e, "client protocol violation");
-                    refuse(&mut client, "08P01", &format!("invalid message from client: {e}")).await;
+                    refuse(
+                        &mut client,
+                        "08P01",
+                        &format!("invalid message from client: {e}"),
+                    )
+                    .await;
                     "client protocol violation"
                 }
                 RelayEnd::UpstreamGone(e) => {
                     tracing::warn!(session = %session.id, error = %e, "upstream connection ended");
-                    refuse(&mut client, "08006", &format!("Gate lost the upstream connection: {e}")).await;
+                    refuse(
+                        &mut client,
+                        "08006",
+                        &format!("Gate lost the upstream connection: {e}"),
+                    )
+                    .await;
                     "upstream connection lost"
                 }
             }
@@ -493,7 +621,10 @@ impl PostgresHandler {
             && let Some(tx) = relay.upstream_reusable()
         {
             drop(relay);
-            if matches!(tokio::time::timeout(RESET_TIMEOUT, upstream.get_mut().reset(tx)).await, Ok(Ok(()))) {
+            if matches!(
+                tokio::time::timeout(RESET_TIMEOUT, upstream.get_mut().reset(tx)).await,
+                Ok(Ok(()))
+            ) {
                 upstream.release();
             }
         }
@@ -521,7 +652,11 @@ fn session_settings(params: &[(String, String)]) -> Vec<(String, String)> {
             }
         }
     }
-    out.retain(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.'));
+    out.retain(|(k, _)| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+    });
     out
 }
 
@@ -530,7 +665,10 @@ fn set_config_sql(settings: &[(String, String)]) -> String {
     fn lit(s: &str) -> String {
         format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
     }
-    let calls: Vec<String> = settings.iter().map(|(k, v)| format!("set_config({}, {}, false)", lit(k), lit(v))).collect();
+    let calls: Vec<String> = settings
+        .iter()
+        .map(|(k, v)| format!("set_config({}, {}, false)", lit(k), lit(v)))
+        .collect();
     format!("SELECT {}", calls.join(", "))
 }
 
@@ -545,7 +683,10 @@ mod tests {
             p("user", "alice"),
             p("database", "db"),
             p("application_name", "psql"),
-            p("options", "-c search_path=app --statement-timeout=5s -cwork_mem=4MB"),
+            p(
+                "options",
+                "-c search_path=app --statement-timeout=5s -cwork_mem=4MB",
+            ),
             p("bad name;", "x"),
         ]);
         assert_eq!(

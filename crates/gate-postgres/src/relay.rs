@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use gate_core::{Action, ColumnFacts, Decision, QueryFacts, QueryType};
-use gate_enforcement::{MaskPlan, Masker};
+use gate_enforcement::MaskPlan;
 use gate_pipeline::{RequestOutcome, Session};
 use gate_sql::SqlDialect;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -86,14 +86,25 @@ struct SimpleQuery {
 /// A request in flight, in the order the upstream will answer.
 enum Pending {
     Simple(SimpleQuery),
-    Parse { poison: Option<(String, String)> },
+    Parse {
+        poison: Option<(String, String)>,
+    },
     Bind,
-    DescribeStatement { facts: Arc<QueryFacts>, slot: ShapeSlot },
-    DescribePortal { facts: Arc<QueryFacts>, slot: ShapeSlot, injected: bool },
+    DescribeStatement {
+        facts: Arc<QueryFacts>,
+        slot: ShapeSlot,
+    },
+    DescribePortal {
+        facts: Arc<QueryFacts>,
+        slot: ShapeSlot,
+        injected: bool,
+    },
     Execute(ExecCtx),
     Close,
     Sync,
-    FunctionCall { poison: (String, String) },
+    FunctionCall {
+        poison: (String, String),
+    },
 }
 
 #[derive(Default)]
@@ -157,7 +168,10 @@ impl<'a> Relay<'a> {
     fn next_poison(&self, reason: &str) -> (String, String) {
         let mut st = lock(&self.state);
         st.poison_seq += 1;
-        (format!("{}{}", self.poison_prefix, st.poison_seq), reason.to_string())
+        (
+            format!("{}{}", self.poison_prefix, st.poison_seq),
+            reason.to_string(),
+        )
     }
 
     /// Decides a whole SQL text (one or more statements). Returns per-statement facts and
@@ -208,7 +222,12 @@ impl<'a> Relay<'a> {
     }
 
     /// Client → upstream. Returns when the client terminates or misbehaves.
-    pub async fn client_to_upstream<R, W>(&self, client: &mut R, upstream: &mut W, buf: &mut BytesMut) -> RelayEnd
+    pub async fn client_to_upstream<R, W>(
+        &self,
+        client: &mut R,
+        upstream: &mut W,
+        buf: &mut BytesMut,
+    ) -> RelayEnd
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -259,7 +278,9 @@ impl<'a> Relay<'a> {
                         "the fast-path function call protocol is not allowed through Gate; call the function in SQL",
                     );
                     wire::put_query(&mut out, &poison.0);
-                    lock(&self.state).pending.push_back(Pending::FunctionCall { poison });
+                    lock(&self.state)
+                        .pending
+                        .push_back(Pending::FunctionCall { poison });
                     Ok(())
                 }
                 // Flush, CopyData, CopyDone, CopyFail and anything else: untouched.
@@ -289,14 +310,16 @@ impl<'a> Relay<'a> {
                 self.record_blocked(&stmts).await;
             }
         }
-        lock(&self.state).pending.push_back(Pending::Simple(SimpleQuery {
-            stmts,
-            idx: 0,
-            started: Instant::now(),
-            rows: 0,
-            shape: None,
-            poison,
-        }));
+        lock(&self.state)
+            .pending
+            .push_back(Pending::Simple(SimpleQuery {
+                stmts,
+                idx: 0,
+                started: Instant::now(),
+                rows: 0,
+                shape: None,
+                poison,
+            }));
         Ok(())
     }
 
@@ -319,7 +342,11 @@ impl<'a> Relay<'a> {
             }
             TextOutcome::Block(reason) => {
                 let p = self.next_poison(reason);
-                MsgWriter::begin(out, b'P').cstr(name).cstr(p.0.as_bytes()).i16(0).finish();
+                MsgWriter::begin(out, b'P')
+                    .cstr(name)
+                    .cstr(p.0.as_bytes())
+                    .i16(0)
+                    .finish();
                 poison = Some(p);
                 self.record_blocked(&stmts).await;
             }
@@ -421,15 +448,17 @@ impl<'a> Relay<'a> {
         let mut st = lock(&self.state);
         let Some(p) = st.portals.get(name) else {
             drop(st);
-            lock(&self.state).pending.push_back(Pending::Execute(ExecCtx {
-                facts: other_facts(String::new()),
-                decision: Arc::new(Decision::allow()),
-                stmt_slot: ShapeSlot::default(),
-                portal_slot: ShapeSlot::default(),
-                formats: Arc::from([]),
-                started: Instant::now(),
-                rows: 0,
-            }));
+            lock(&self.state)
+                .pending
+                .push_back(Pending::Execute(ExecCtx {
+                    facts: other_facts(String::new()),
+                    decision: Arc::new(Decision::allow()),
+                    stmt_slot: ShapeSlot::default(),
+                    portal_slot: ShapeSlot::default(),
+                    formats: Arc::from([]),
+                    started: Instant::now(),
+                    rows: 0,
+                }));
             out.extend_from_slice(&frame.raw);
             return Ok(());
         };
@@ -472,7 +501,12 @@ impl<'a> Relay<'a> {
     }
 
     /// Upstream → client. Returns when the upstream closes or fails.
-    pub async fn upstream_to_client<R, W>(&self, upstream: &mut R, client: &mut W, buf: &mut BytesMut) -> RelayEnd
+    pub async fn upstream_to_client<R, W>(
+        &self,
+        upstream: &mut R,
+        client: &mut W,
+        buf: &mut BytesMut,
+    ) -> RelayEnd
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -495,7 +529,9 @@ impl<'a> Relay<'a> {
                         }
                     }
                     match upstream.read_buf(buf).await {
-                        Ok(0) => return RelayEnd::UpstreamGone("upstream closed the connection".into()),
+                        Ok(0) => {
+                            return RelayEnd::UpstreamGone("upstream closed the connection".into());
+                        }
                         Err(e) => return RelayEnd::UpstreamGone(e.to_string()),
                         Ok(_) => continue,
                     }
@@ -551,9 +587,10 @@ impl<'a> Relay<'a> {
                             *suppressed = s.refused.clone();
                         }
                     }
-                    Some((s, formats)) if !s.plan.is_empty() => mask_data_row(
+                    Some((s, formats)) if !s.plan.is_empty() => crate::rowmask::mask_data_row(
                         frame.body(),
-                        &s,
+                        &s.plan,
+                        &s.type_oids,
                         &formats,
                         self.session.masker(),
                         out,
@@ -567,9 +604,19 @@ impl<'a> Relay<'a> {
                 let target = {
                     let st = lock(&self.state);
                     match st.pending.front() {
-                        Some(Pending::Simple(q)) => Some((ShapeTarget::Simple, q.stmts[q.idx.min(q.stmts.len() - 1)].facts.clone())),
-                        Some(Pending::DescribeStatement { facts, slot }) => Some((ShapeTarget::Slot(slot.clone(), false), facts.clone())),
-                        Some(Pending::DescribePortal { facts, slot, injected, .. }) => Some((ShapeTarget::Slot(slot.clone(), *injected), facts.clone())),
+                        Some(Pending::Simple(q)) => Some((
+                            ShapeTarget::Simple,
+                            q.stmts[q.idx.min(q.stmts.len() - 1)].facts.clone(),
+                        )),
+                        Some(Pending::DescribeStatement { facts, slot }) => {
+                            Some((ShapeTarget::Slot(slot.clone(), false), facts.clone()))
+                        }
+                        Some(Pending::DescribePortal {
+                            facts,
+                            slot,
+                            injected,
+                            ..
+                        }) => Some((ShapeTarget::Slot(slot.clone(), *injected), facts.clone())),
                         _ => None,
                     }
                 };
@@ -631,7 +678,9 @@ impl<'a> Relay<'a> {
                 let poison = {
                     let st = lock(&self.state);
                     match st.pending.front() {
-                        Some(Pending::Simple(SimpleQuery { poison: Some(p), .. }))
+                        Some(Pending::Simple(SimpleQuery {
+                            poison: Some(p), ..
+                        }))
                         | Some(Pending::Parse { poison: Some(p) })
                         | Some(Pending::FunctionCall { poison: p }) => Some(p.clone()),
                         _ => None,
@@ -648,7 +697,10 @@ impl<'a> Relay<'a> {
                 self.finish_statement(Some(error)).await;
                 // In the extended protocol the upstream now skips everything up to Sync.
                 let mut st = lock(&self.state);
-                if !matches!(st.pending.front(), Some(Pending::Simple(_)) | Some(Pending::FunctionCall { .. })) {
+                if !matches!(
+                    st.pending.front(),
+                    Some(Pending::Simple(_)) | Some(Pending::FunctionCall { .. })
+                ) {
                     while let Some(p) = st.pending.front() {
                         if matches!(p, Pending::Sync) {
                             break;
@@ -662,7 +714,10 @@ impl<'a> Relay<'a> {
                 st.tx_status = frame.body().first().copied().unwrap_or(b'I');
                 // Everything up to and including the Query/Sync this answers is done.
                 while let Some(p) = st.pending.pop_front() {
-                    if matches!(p, Pending::Simple(_) | Pending::Sync | Pending::FunctionCall { .. }) {
+                    if matches!(
+                        p,
+                        Pending::Simple(_) | Pending::Sync | Pending::FunctionCall { .. }
+                    ) {
                         break;
                     }
                 }
@@ -670,7 +725,10 @@ impl<'a> Relay<'a> {
             }
             b'1' | b'2' | b'3' => {
                 let mut st = lock(&self.state);
-                if matches!(st.pending.front(), Some(Pending::Parse { .. }) | Some(Pending::Bind) | Some(Pending::Close)) {
+                if matches!(
+                    st.pending.front(),
+                    Some(Pending::Parse { .. }) | Some(Pending::Bind) | Some(Pending::Close)
+                ) {
                     st.pending.pop_front();
                 }
                 out.extend_from_slice(&frame.raw);
@@ -688,7 +746,10 @@ impl<'a> Relay<'a> {
                     }
                     _ => false,
                 };
-                if matches!(st.pending.front(), Some(Pending::DescribePortal { .. }) | Some(Pending::DescribeStatement { .. })) {
+                if matches!(
+                    st.pending.front(),
+                    Some(Pending::DescribePortal { .. }) | Some(Pending::DescribeStatement { .. })
+                ) {
                     st.pending.pop_front();
                 }
                 if !injected {
@@ -700,7 +761,9 @@ impl<'a> Relay<'a> {
                 let facts = {
                     let st = lock(&self.state);
                     match st.pending.front() {
-                        Some(Pending::Simple(q)) => Some(q.stmts[q.idx.min(q.stmts.len() - 1)].facts.clone()),
+                        Some(Pending::Simple(q)) => {
+                            Some(q.stmts[q.idx.min(q.stmts.len() - 1)].facts.clone())
+                        }
                         Some(Pending::Execute(x)) => Some(x.facts.clone()),
                         _ => None,
                     }
@@ -725,14 +788,21 @@ impl<'a> Relay<'a> {
                 Some(Pending::Simple(q)) => {
                     let i = q.idx.min(q.stmts.len() - 1);
                     let s = &q.stmts[i];
-                    let r = (s.facts.clone(), s.decision.clone(), q.rows, q.started.elapsed());
+                    let r = (
+                        s.facts.clone(),
+                        s.decision.clone(),
+                        q.rows,
+                        q.started.elapsed(),
+                    );
                     q.idx += 1;
                     q.rows = 0;
                     q.shape = None;
                     (q.poison.is_none()).then_some(r)
                 }
                 Some(Pending::Execute(_)) => match st.pending.pop_front() {
-                    Some(Pending::Execute(x)) => Some((x.facts, x.decision, x.rows, x.started.elapsed())),
+                    Some(Pending::Execute(x)) => {
+                        Some((x.facts, x.decision, x.rows, x.started.elapsed()))
+                    }
                     _ => None,
                 },
                 _ => None,
@@ -740,7 +810,15 @@ impl<'a> Relay<'a> {
         };
         if let Some((facts, decision, rows, duration)) = done {
             self.session
-                .record(&facts, &decision, RequestOutcome { rows, duration, error })
+                .record(
+                    &facts,
+                    &decision,
+                    RequestOutcome {
+                        rows,
+                        duration,
+                        error,
+                    },
+                )
                 .await;
         }
     }
@@ -778,50 +856,4 @@ impl Shape {
             refused: None,
         }
     }
-}
-
-/// Types whose binary representation is their text: masking them in binary format yields a
-/// valid value. Other binary columns are masked to NULL (their value is hidden either way).
-fn binary_is_text(oid: u32) -> bool {
-    matches!(oid, 18 | 19 | 25 | 114 | 142 | 705 | 1042 | 1043)
-}
-
-/// Writes a DataRow with the plan's columns masked.
-fn mask_data_row(
-    body: &[u8],
-    shape: &Shape,
-    formats: &[i16],
-    masker: &Masker,
-    out: &mut BytesMut,
-    scratch: &mut Vec<u8>,
-) -> Result<(), WireError> {
-    let mut r = Reader::new(body);
-    let n = r.i16()?;
-    let mut w = MsgWriter::begin(out, b'D');
-    w.i16(n);
-    for i in 0..n.max(0) as usize {
-        let len = r.i32()?;
-        if len < 0 {
-            w.i32(-1);
-            continue;
-        }
-        let value = r.bytes(len as usize)?;
-        match shape.plan.strategy_for(i) {
-            None => {
-                w.i32(len).bytes(value);
-            }
-            Some(strategy) => {
-                let binary = wire::format_of(formats, i) == 1;
-                if binary && !binary_is_text(shape.type_oids.get(i).copied().unwrap_or(0)) {
-                    w.i32(-1);
-                } else {
-                    scratch.clear();
-                    masker.mask_into(strategy, value, scratch);
-                    w.i32(scratch.len() as i32).bytes(scratch);
-                }
-            }
-        }
-    }
-    w.finish();
-    Ok(())
 }

@@ -82,7 +82,10 @@ impl ScramClient {
         let client_key = hmac(&salted, &[b"Client Key"]);
         let stored_key: [u8; 32] = Sha256::digest(client_key).into();
         let without_proof = format!("c=biws,r={nonce}");
-        let auth_message = format!("{},{},{}", self.client_first_bare, server_first, without_proof);
+        let auth_message = format!(
+            "{},{},{}",
+            self.client_first_bare, server_first, without_proof
+        );
         let client_signature = hmac(&stored_key, &[auth_message.as_bytes()]);
         let proof: Vec<u8> = client_key
             .iter()

@@ -91,7 +91,8 @@ impl Upstream {
 
         let mut scram: Option<ScramClient> = None;
         loop {
-            let f = wire::read_frame(&mut self.stream, &mut self.rbuf, MAX_UPSTREAM_MESSAGE).await?;
+            let f =
+                wire::read_frame(&mut self.stream, &mut self.rbuf, MAX_UPSTREAM_MESSAGE).await?;
             let mut r = Reader::new(f.body());
             out.clear();
             match f.tag {
@@ -104,7 +105,9 @@ impl Upstream {
                     }
                     5 => {
                         let salt = r.bytes(4)?;
-                        let inner = hex::encode(Md5::digest([password.as_bytes(), user.as_bytes()].concat()));
+                        let inner = hex::encode(Md5::digest(
+                            [password.as_bytes(), user.as_bytes()].concat(),
+                        ));
                         let outer = hex::encode(Md5::digest([inner.as_bytes(), salt].concat()));
                         MsgWriter::begin(&mut out, b'p')
                             .cstr(format!("md5{outer}").as_bytes())
@@ -133,18 +136,22 @@ impl Upstream {
                         scram = Some(c);
                     }
                     11 => {
-                        let c = scram
-                            .as_mut()
-                            .ok_or_else(|| UpstreamError::Protocol("SASL continue before start".into()))?;
+                        let c = scram.as_mut().ok_or_else(|| {
+                            UpstreamError::Protocol("SASL continue before start".into())
+                        })?;
                         let server_first = std::str::from_utf8(r.remaining())
                             .map_err(|_| UpstreamError::Protocol("SASL data not UTF-8".into()))?;
-                        let fin = c.client_final(server_first).map_err(|e| UpstreamError::Auth(e.into()))?;
-                        MsgWriter::begin(&mut out, b'p').bytes(fin.as_bytes()).finish();
+                        let fin = c
+                            .client_final(server_first)
+                            .map_err(|e| UpstreamError::Auth(e.into()))?;
+                        MsgWriter::begin(&mut out, b'p')
+                            .bytes(fin.as_bytes())
+                            .finish();
                     }
                     12 => {
-                        let c = scram
-                            .as_ref()
-                            .ok_or_else(|| UpstreamError::Protocol("SASL final before start".into()))?;
+                        let c = scram.as_ref().ok_or_else(|| {
+                            UpstreamError::Protocol("SASL final before start".into())
+                        })?;
                         let server_final = std::str::from_utf8(r.remaining())
                             .map_err(|_| UpstreamError::Protocol("SASL data not UTF-8".into()))?;
                         c.verify_server_final(server_final)
@@ -193,13 +200,17 @@ impl Upstream {
 
     /// Runs one simple query to completion, discarding results. Used for session set-up
     /// (`set_config`) and reset (`DISCARD ALL`); returns the first error, if any.
-    pub async fn run_quietly(&mut self, sql: &str) -> Result<Option<(String, String)>, UpstreamError> {
+    pub async fn run_quietly(
+        &mut self,
+        sql: &str,
+    ) -> Result<Option<(String, String)>, UpstreamError> {
         let mut out = BytesMut::new();
         wire::put_query(&mut out, sql);
         self.stream.write_all(&out).await.map_err(WireError::Io)?;
         let mut first_error = None;
         loop {
-            let f = wire::read_frame(&mut self.stream, &mut self.rbuf, MAX_UPSTREAM_MESSAGE).await?;
+            let f =
+                wire::read_frame(&mut self.stream, &mut self.rbuf, MAX_UPSTREAM_MESSAGE).await?;
             match f.tag {
                 b'E' if first_error.is_none() => {
                     let e = wire::parse_error(f.body());

@@ -118,7 +118,10 @@ impl<'a> Reader<'a> {
     }
 
     pub fn u8(&mut self) -> Result<u8, WireError> {
-        let (&v, rest) = self.b.split_first().ok_or(WireError::Invalid("truncated"))?;
+        let (&v, rest) = self
+            .b
+            .split_first()
+            .ok_or(WireError::Invalid("truncated"))?;
         self.b = rest;
         Ok(v)
     }
@@ -314,7 +317,8 @@ pub fn parse_row_description(body: &[u8]) -> Result<RowDescription, WireError> {
         formats: Vec::with_capacity(n),
     };
     for _ in 0..n {
-        d.names.push(String::from_utf8_lossy(r.cstr()?).into_owned());
+        d.names
+            .push(String::from_utf8_lossy(r.cstr()?).into_owned());
         r.i32()?; // table oid
         r.i16()?; // column attribute number
         d.type_oids.push(r.i32()? as u32);
@@ -396,14 +400,25 @@ mod tests {
         let mut bad = BytesMut::from(&[b'Q', 0, 0, 0, 2][..]);
         assert!(try_take_frame(&mut bad, 1 << 20).is_err());
         let mut big = BytesMut::from(&[b'Q', 0x7f, 0, 0, 0][..]);
-        assert!(matches!(try_take_frame(&mut big, 1 << 20), Err(WireError::TooLarge(_))));
+        assert!(matches!(
+            try_take_frame(&mut big, 1 << 20),
+            Err(WireError::TooLarge(_))
+        ));
     }
 
     #[test]
     fn parsers_never_panic_on_truncation() {
         let mut b = BytesMut::new();
         let mut w = MsgWriter::begin(&mut b, b'B');
-        w.cstr(b"p").cstr(b"s").i16(1).i16(0).i16(1).i32(3).bytes(b"abc").i16(1).i16(1);
+        w.cstr(b"p")
+            .cstr(b"s")
+            .i16(1)
+            .i16(0)
+            .i16(1)
+            .i32(3)
+            .bytes(b"abc")
+            .i16(1)
+            .i16(1);
         w.finish();
         let info = parse_bind(&b[5..]).unwrap();
         assert_eq!(info.result_formats, vec![1]);

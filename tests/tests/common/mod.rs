@@ -120,7 +120,10 @@ shutdown: {{drain_timeout: "3s"}}
         extra_resources = opts.extra_resources,
         policy = policy_path.display(),
         extra = opts.extra,
-        oidc = opts.oidc.map(|o| format!("  oidc: {o}")).unwrap_or_default(),
+        oidc = opts
+            .oidc
+            .map(|o| format!("  oidc: {o}"))
+            .unwrap_or_default(),
     );
     let gw = Gateway::builder(yaml, dir.path())
         .env("TEST_APP_DB_PASSWORD", pg.app_password())
@@ -148,7 +151,10 @@ impl Env {
     }
 
     /// tokio-postgres over TLS, verifying the gateway's certificate against the test CA.
-    pub async fn connect(&self, conninfo: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub async fn connect(
+        &self,
+        conninfo: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let config = self.certs.client_config().expect("client tls config");
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(config);
@@ -165,7 +171,9 @@ impl Env {
 
     pub fn tls_connector(&self) -> tokio_postgres_rustls::MakeRustlsConnect {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        tokio_postgres_rustls::MakeRustlsConnect::new(self.certs.client_config().expect("tls config"))
+        tokio_postgres_rustls::MakeRustlsConnect::new(
+            self.certs.client_config().expect("tls config"),
+        )
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -177,7 +185,11 @@ impl Env {
     }
 
     /// Waits until the audit log holds an event matching `pred` (the writer is asynchronous).
-    pub async fn wait_audit(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> Vec<serde_json::Value> {
+    pub async fn wait_audit(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
         gate_test_support::wait_until(what, Duration::from_secs(20), || async {
             let events = self.audit_events();
             events.iter().any(&pred).then_some(events)
@@ -221,7 +233,9 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
 /// Every file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
