@@ -782,3 +782,116 @@ async fn oidc_jwt_authenticates_the_named_user() {
         .await;
     assert!(events.iter().any(|e| e["kind"] == "auth_failure"));
 }
+
+#[tokio::test]
+async fn pipelined_requests_with_a_block_in_the_middle_keep_their_order() {
+    let env = start(example()).await;
+    let c = env.connect_alice().await;
+    // tokio-postgres pipelines concurrent requests on one connection.
+    let (a, b, d) = tokio::join!(
+        c.query("SELECT 1::int AS x", &[]),
+        c.query("DROP TABLE users", &[]),
+        c.query("SELECT email FROM users WHERE id = 3", &[]),
+    );
+    assert_eq!(a.unwrap()[0].get::<_, i32>(0), 1);
+    assert_eq!(db_error(&b.unwrap_err()).0, "42501");
+    let email: String = d.unwrap()[0].get(0);
+    assert!(email.starts_with("ca") && email.contains('*'), "{email}");
+}
+
+#[tokio::test]
+async fn errors_mid_stream_notices_and_notifications_pass_through() {
+    let env = start(example()).await;
+    let c = env.connect_alice().await;
+    // Rows, then a division by zero: the client sees the server's error and can go on.
+    let err = c
+        .simple_query("SELECT 10 / (5 - g) FROM generate_series(1, 10) g")
+        .await
+        .unwrap_err();
+    assert_eq!(db_error(&err).0, "22012", "{err}");
+    c.simple_query("SELECT 1").await.unwrap();
+
+    let (ok, out, err) = env
+        .psql(
+            &env.alice(),
+            &[
+                "-c",
+                "LISTEN gate_channel",
+                "-c",
+                "NOTIFY gate_channel, 'hello through gate'",
+                "-c",
+                "DO $$ BEGIN RAISE NOTICE 'notice through gate'; END $$",
+            ],
+        )
+        .await;
+    assert!(ok, "{err}");
+    let all = format!("{out}{err}");
+    assert!(
+        all.contains("hello through gate"),
+        "notification relayed: {all}"
+    );
+    assert!(all.contains("notice through gate"), "notice relayed: {all}");
+}
+
+#[tokio::test]
+async fn psql_copy_from_stdin_and_to_stdout() {
+    let env = start(example()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.tsv");
+    std::fs::write(&input, "1\tone\n2\ttwo\n3\tthree\n").unwrap();
+    let script = format!(
+        "CREATE TEMP TABLE t(id int, label text);\n\\copy t FROM '{}'\nSELECT count(*) FROM t;\n\\copy (SELECT label FROM t ORDER BY id) TO STDOUT\n",
+        input.display()
+    );
+    let script_path = dir.path().join("s.sql");
+    std::fs::write(&script_path, script).unwrap();
+    let (ok, out, err) = env
+        .psql(
+            &env.alice(),
+            &[
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-f",
+                script_path.to_str().unwrap(),
+            ],
+        )
+        .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("3\n") && out.contains("one\ntwo\nthree"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_copy_in_leaves_the_session_in_step() {
+    let env = start(example()).await;
+    let c = env.connect_alice().await;
+    c.simple_query("CREATE TEMP TABLE nums(n int)")
+        .await
+        .unwrap();
+    let sink = c.copy_in("COPY nums FROM STDIN").await.unwrap();
+    pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"1\nnot-a-number\n3\n"))
+        .await
+        .unwrap();
+    let err = sink.finish().await.unwrap_err();
+    assert_eq!(db_error(&err).0, "22P02", "{err}");
+    // Every later answer still lands on the right request, masks included.
+    for _ in 0..3 {
+        let email: String = c
+            .query_one("SELECT email FROM users WHERE id = 1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(email.contains('*'), "{email}");
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM nums", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0);
+    }
+}

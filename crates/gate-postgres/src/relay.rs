@@ -114,6 +114,9 @@ struct State {
     portals: HashMap<Box<[u8]>, Portal>,
     tx_status: u8,
     poison_seq: u64,
+    /// The upstream is in COPY FROM STDIN mode (CopyInResponse seen, the client's CopyDone or
+    /// CopyFail not yet). PostgreSQL ignores Sync in that mode, so no answer will come for one.
+    copy_in: bool,
 }
 
 /// How the relay ended.
@@ -263,7 +266,15 @@ impl<'a> Relay<'a> {
                     Ok(())
                 }
                 b'S' => {
-                    lock(&self.state).pending.push_back(Pending::Sync);
+                    let mut st = lock(&self.state);
+                    if !st.copy_in {
+                        st.pending.push_back(Pending::Sync);
+                    }
+                    out.extend_from_slice(&frame.raw);
+                    Ok(())
+                }
+                b'c' | b'f' => {
+                    lock(&self.state).copy_in = false;
                     out.extend_from_slice(&frame.raw);
                     Ok(())
                 }
@@ -581,13 +592,20 @@ impl<'a> Relay<'a> {
                         _ => None,
                     }
                 };
+                // A row the relay cannot attribute means it lost track of the protocol:
+                // passing it on might skip a mask, so end the session instead (fail closed).
+                let Some(ctx) = ctx else {
+                    return Err(WireError::Invalid(
+                        "data row without a known row description; Gate lost track of the protocol state",
+                    ));
+                };
                 match ctx {
-                    Some((s, _)) if s.refused.is_some() => {
+                    (s, _) if s.refused.is_some() => {
                         if suppressed.is_none() {
                             *suppressed = s.refused.clone();
                         }
                     }
-                    Some((s, formats)) if !s.plan.is_empty() => crate::rowmask::mask_data_row(
+                    (s, formats) if !s.plan.is_empty() => crate::rowmask::mask_data_row(
                         frame.body(),
                         &s.plan,
                         &s.type_oids,
@@ -621,8 +639,9 @@ impl<'a> Relay<'a> {
                     }
                 };
                 let Some((target, facts)) = target else {
-                    out.extend_from_slice(&frame.raw);
-                    return Ok(());
+                    return Err(WireError::Invalid(
+                        "row description for no known request; Gate lost track of the protocol state",
+                    ));
                 };
                 let columns: Vec<ColumnFacts> = desc
                     .names
@@ -695,8 +714,10 @@ impl<'a> Relay<'a> {
                 suppressed.take();
                 let error = (e.code.to_string(), e.message.to_string());
                 self.finish_statement(Some(error)).await;
-                // In the extended protocol the upstream now skips everything up to Sync.
+                // In the extended protocol the upstream now skips everything up to Sync
+                // (and an error ends COPY FROM STDIN mode: the next Sync is answered again).
                 let mut st = lock(&self.state);
+                st.copy_in = false;
                 if !matches!(
                     st.pending.front(),
                     Some(Pending::Simple(_)) | Some(Pending::FunctionCall { .. })
@@ -772,6 +793,19 @@ impl<'a> Relay<'a> {
                     Ok(()) => out.extend_from_slice(&frame.raw),
                     Err(reason) => *suppressed = Some(reason),
                 }
+            }
+            b'G' => {
+                // COPY FROM STDIN begins. Every Sync the client pipelined after the COPY was
+                // (and until its CopyDone will be) ignored by the server: forget them, or all
+                // later answers would be attributed to the wrong request.
+                let mut st = lock(&self.state);
+                let front = st.pending.pop_front();
+                st.pending.retain(|p| !matches!(p, Pending::Sync));
+                if let Some(f) = front {
+                    st.pending.push_front(f);
+                }
+                st.copy_in = true;
+                out.extend_from_slice(&frame.raw);
             }
             b'd' | b'c' if suppressed.is_some() => {}
             _ => out.extend_from_slice(&frame.raw),
