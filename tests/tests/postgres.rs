@@ -895,3 +895,102 @@ async fn a_failing_copy_in_leaves_the_session_in_step() {
         assert_eq!(n, 0);
     }
 }
+
+#[tokio::test]
+async fn a_dedicated_listen_port_implies_the_resource() {
+    let pg = gate_test_support::postgres::PgServer::shared();
+    let dedicated = gate_test_support::free_port();
+    let env = start(Opts {
+        extra_resources: format!(
+            "  - {{name: reporting, protocol: postgres, host: 127.0.0.1, port: {}, database: appdb, credentials: {{username: app, password: \"${{TEST_APP_DB_PASSWORD}}\"}}, listen_port: {dedicated}}}\n",
+            pg.port()
+        ),
+        ..example()
+    })
+    .await;
+    // Whatever dbname the client names, the dedicated port serves its own resource.
+    let conn = format!(
+        "host=127.0.0.1 port={dedicated} user=alice password={ALICE_TOKEN} dbname=whatever sslmode=require"
+    );
+    let c = env.connect(&conn).await.unwrap();
+    let email: String = c
+        .query_one("SELECT email FROM users WHERE id = 2", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        email.contains('*'),
+        "same policy on the dedicated port: {email}"
+    );
+    drop(c);
+    let events = env
+        .wait_audit("session on the dedicated port", |e| {
+            e["kind"] == "session_start" && e["resource"] == "reporting"
+        })
+        .await;
+    assert!(!events.is_empty());
+}
+
+#[tokio::test]
+async fn oidc_keys_are_fetched_from_a_jwks_url() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let enc = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&enc, Algorithm::ES256).unwrap();
+    jwk.common.key_id = Some("url-key".into());
+    let body = serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys: vec![jwk] }).unwrap();
+    // A minimal identity-provider stand-in serving the JWKS document over HTTP.
+    let idp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let idp_addr = idp.local_addr().unwrap();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = idp.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let env = start(Opts {
+        oidc: Some(format!(
+            "{{issuer: \"https://idp.test\", audience: gate, jwks_url: \"http://{idp_addr}/jwks\"}}"
+        )),
+        ..example()
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("url-key".into());
+    let jwt = jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({"sub": "erin", "iss": "https://idp.test", "aud": "gate", "exp": now + 600}),
+        &enc,
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let c = env
+            .connect(&env.conninfo("erin", &jwt, "primary-db"))
+            .await
+            .unwrap();
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    assert_eq!(
+        served.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "keys are cached after the first fetch"
+    );
+}
