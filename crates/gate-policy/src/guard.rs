@@ -12,7 +12,8 @@
 //! - it has several definitions (outside `else` chains) whose values are not all the same
 //!   constant, or
 //! - one of its bodies iterates (`some`, or a reference indexed by a variable such as
-//!   `input.tables[_]`) and its value (or its object key) is not a constant.
+//!   `input.tables[_]`) and its value (or its object key) is not a constant, or
+//! - its value or key expression itself enumerates a collection (`p := input.xs[_]`).
 //!
 //! Partial set rules (`contains`) accumulate and cannot conflict.
 
@@ -29,7 +30,9 @@ pub(crate) fn rvm_conflict_risk(module: &Module) -> Option<String> {
             continue; // `default` rules have constant values and never conflict
         };
         let (refr, head_value, is_function) = match head {
-            RuleHead::Compr { refr, assign, .. } => (refr, assign.as_ref().map(|a| &a.value), false),
+            RuleHead::Compr { refr, assign, .. } => {
+                (refr, assign.as_ref().map(|a| &a.value), false)
+            }
             RuleHead::Func { refr, assign, .. } => (refr, assign.as_ref().map(|a| &a.value), true),
             RuleHead::Set { .. } => continue,
         };
@@ -37,6 +40,18 @@ pub(crate) fn rvm_conflict_risk(module: &Module) -> Option<String> {
         let key_is_constant = is_function || ref_is_constant(refr);
         // A rule without a value (`allow if ...`) has the constant value `true`.
         let head_constant = head_value.map_or(Some("true".to_string()), |v| constant_text(v));
+        // A value or key that itself enumerates (`p := input.xs[_]`) may yield several.
+        if head_value.is_some_and(|v| expr_iterates(v))
+            || (!is_function && expr_iterates(refr))
+            || bodies
+                .iter()
+                .any(|b| b.assign.as_ref().is_some_and(|a| expr_iterates(&a.value)))
+        {
+            return Some(format!(
+                "the value of rule `{name}` enumerates a collection, so it may produce \
+                 several values"
+            ));
+        }
         for body in bodies {
             let value_constant = match &body.assign {
                 Some(assign) => constant_text(&assign.value),

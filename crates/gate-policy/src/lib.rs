@@ -3,14 +3,21 @@
 //! A [`PolicySet`] is an immutable, compiled snapshot of policy sources. Each
 //! [`PolicySource`] is bound to one [`Stage`]; its package is read from the policy text, and the
 //! stage rule `data.<package>.<stage.rule_name()>` (or the alias `request` / `response`) is
-//! what gets evaluated. Several sources for one stage combine with [`Decision::combine`].
+//! what gets evaluated. A source whose package has neither is a compile error. Several
+//! sources for one stage combine with [`Decision::combine`]. Each source is compiled on its
+//! own (no cross-file imports); policies use Rego v1 syntax (`import rego.v1` is accepted).
 //!
-//! Hot path: [`PolicySet::evaluate`] is lock-free. Each source is compiled once to regorus'
+//! Hot path: [`PolicySet::evaluate`] takes no lock. Each source is compiled once to regorus'
 //! RVM bytecode (an `Arc<Program>`, shared); every thread that evaluates a set lazily creates
 //! its own `RegoVM` per source, kept in per-set thread-local storage ([`thread_local`]), and
-//! reuses it for every later call. Dropping the set frees all of them. Sources the RVM
-//! compiler cannot handle yet (e.g. the `with` keyword) fall back to regorus' tree-walking
-//! interpreter, with one engine clone per thread, also cached per set.
+//! reuses it for every later call. Dropping the set frees all of them, so snapshots never mix.
+//!
+//! Sources run on regorus' tree-walking interpreter instead (one engine clone per thread,
+//! cached the same way) when the RVM compiler rejects them (e.g. the `with` keyword) or when
+//! a rule could produce conflicting values, which OPA reports as an error but the RVM in
+//! regorus 0.14.1 does not (see `guard.rs`). [`Evaluator::Interpreter`] forces the
+//! interpreter everywhere. Both evaluators treat builtin errors (e.g. division by zero) as
+//! undefined, OPA's default.
 //!
 //! Runaway policies are stopped by regorus' cooperative execution timer (wall clock, checked
 //! every few instructions) plus the RVM's instruction budget: see [`EvalLimits`]. Either
@@ -18,7 +25,7 @@
 //!
 //! Result interpretation (per source):
 //! - object → a [`Decision`] (`action` may be omitted: `mask` when `masks` is non-empty,
-//!   `filter` when `filters` is non-empty, otherwise `allow`);
+//!   `filter` when `filters` is non-empty, otherwise `allow`; `rewrite` needs a `query`);
 //! - `true` → allow; `false` → block with reason `denied by policy <name>`;
 //! - undefined (rule not satisfied, no default) → allow (no opinion);
 //! - anything else, or an object that is not a valid decision → [`PolicyError::Malformed`].
@@ -71,8 +78,12 @@ pub enum PolicyError {
         limit: String,
         message: String,
     },
-    #[error("{stage} policy input could not be converted: {message}")]
-    Input { stage: Stage, message: String },
+    #[error("policy input could not be converted: {message}")]
+    Input {
+        /// The stage being evaluated, when the conversion happened as part of one.
+        stage: Option<Stage>,
+        message: String,
+    },
     #[error("policy {}: cannot read file: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -188,7 +199,7 @@ impl PolicyInfo {
 enum Compiled {
     Rvm(Arc<Program>),
     /// Template engine, cloned once per evaluating thread (the lock is taken only then).
-    Interpreter(Mutex<Engine>),
+    Interpreter(Box<Mutex<Engine>>),
 }
 
 struct CompiledSource {
@@ -307,14 +318,22 @@ impl PolicySet {
             return Ok(Decision::allow());
         }
         let input = to_value(input).map_err(|e| PolicyError::Input {
-            stage,
+            stage: Some(stage),
             message: e.to_string(),
         })?;
-        self.evaluate_value(stage, &input)
+        self.evaluate_converted(stage, &input)
     }
 
-    /// Like [`PolicySet::evaluate`], for input that is already a regorus value.
-    pub fn evaluate_value(&self, stage: Stage, input: &Value) -> Result<Decision, PolicyError> {
+    /// Like [`PolicySet::evaluate`], for input converted ahead of time (see [`PolicyInput`]).
+    pub fn evaluate_input(
+        &self,
+        stage: Stage,
+        input: &PolicyInput,
+    ) -> Result<Decision, PolicyError> {
+        self.evaluate_converted(stage, &input.0)
+    }
+
+    fn evaluate_converted(&self, stage: Stage, input: &Value) -> Result<Decision, PolicyError> {
         let indices = &self.by_stage[stage_index(stage)];
         if indices.is_empty() {
             return Ok(Decision::allow());
@@ -330,8 +349,9 @@ impl PolicySet {
             // Re-entrant use on this thread (cannot happen through regorus today): use
             // throwaway evaluators rather than fail.
             Err(_) => {
-                let mut scratch: Vec<Option<Runner>> =
-                    std::iter::repeat_with(|| None).take(self.sources.len()).collect();
+                let mut scratch: Vec<Option<Runner>> = std::iter::repeat_with(|| None)
+                    .take(self.sources.len())
+                    .collect();
                 self.evaluate_with(stage, indices, input, &mut scratch)
             }
         }
@@ -451,6 +471,60 @@ fn run(
                 }
             })
         }
+    }
+}
+
+/// Policy input converted once, to be evaluated many times or extended cheaply.
+///
+/// Converting the request facts is most of the cost of an evaluation on the RVM. Facts
+/// that do not change during a session (`user`, `resource`, `session`) can be converted
+/// once with [`PolicyInput::new`]; each request then adds its own top-level fields
+/// (`query`, `columns`) with [`PolicyInput::with`], which shares the converted parts.
+#[derive(Debug, Clone)]
+pub struct PolicyInput(Value);
+
+impl PolicyInput {
+    /// Converts `facts`, which must serialize to an object (a struct or a map).
+    pub fn new<T: serde::Serialize + ?Sized>(facts: &T) -> Result<PolicyInput, PolicyError> {
+        let value = to_value(facts).map_err(|e| input_error(e.to_string()))?;
+        match value {
+            Value::Object(_) => Ok(PolicyInput(value)),
+            other => Err(input_error(format!(
+                "policy input must be an object, got {}",
+                describe(&other)
+            ))),
+        }
+    }
+
+    /// A copy with the top-level fields of `extra` (which must serialize to an object)
+    /// added or replaced. `None` fields serialize as `null`; skip them with
+    /// `#[serde(skip_serializing_if = "Option::is_none")]` to leave them undefined.
+    pub fn with<T: serde::Serialize + ?Sized>(
+        &self,
+        extra: &T,
+    ) -> Result<PolicyInput, PolicyError> {
+        let extra = PolicyInput::new(extra)?;
+        let (Value::Object(base), Value::Object(extra)) = (&self.0, &extra.0) else {
+            return Err(input_error("policy input must be an object".into()));
+        };
+        let mut merged: std::collections::BTreeMap<Value, Value> =
+            base.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (k, v) in extra.iter() {
+            merged.insert(k.clone(), v.clone());
+        }
+        Ok(PolicyInput(Value::from(merged)))
+    }
+
+    /// The input as JSON (for logs and `gate-policy eval`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.0).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+fn input_error(message: String) -> PolicyError {
+    PolicyError::Input {
+        stage: None,
+        message,
     }
 }
 
@@ -658,8 +732,12 @@ fn compile_source(
         Evaluator::Interpreter => Err(None),
         Evaluator::Rvm => match &module.rvm_risk {
             Some(risk) => Err(Some(risk.clone())),
-            None => Compiler::compile_from_policy(&compiled, &[rule_path.as_str()])
-                .map_err(|e| Some(format!("the RVM compiler rejects it: {}", one_line(&e.to_string())))),
+            None => Compiler::compile_from_policy(&compiled, &[rule_path.as_str()]).map_err(|e| {
+                Some(format!(
+                    "the RVM compiler rejects it: {}",
+                    one_line(&e.to_string())
+                ))
+            }),
         },
     };
     let (compiled, backend, interpreter_reason) = match rvm {
@@ -669,7 +747,7 @@ fn compile_source(
                 tracing::info!(policy = %name, %reason, "policy runs on the regorus interpreter");
             }
             (
-                Compiled::Interpreter(Mutex::new(engine)),
+                Compiled::Interpreter(Box::new(Mutex::new(engine))),
                 Backend::Interpreter,
                 reason,
             )
@@ -727,7 +805,10 @@ fn opt_string(field: &str, v: &Value) -> Result<Option<String>, String> {
     match v {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s.to_string())),
-        other => Err(format!("`{field}` must be a string, got {}", describe(other))),
+        other => Err(format!(
+            "`{field}` must be a string, got {}",
+            describe(other)
+        )),
     }
 }
 
@@ -746,7 +827,10 @@ fn parse_action(v: &Value) -> Result<Action, String> {
             .ok_or_else(|| {
                 format!("unknown action {s:?} (expected allow, block, rewrite, mask or filter)")
             }),
-        other => Err(format!("`action` must be a string, got {}", describe(other))),
+        other => Err(format!(
+            "`action` must be a string, got {}",
+            describe(other)
+        )),
     }
 }
 
@@ -764,7 +848,10 @@ fn parse_strategy(v: &Value) -> Result<MaskStrategy, String> {
             .ok_or_else(|| {
                 format!("unknown mask strategy {s:?} (expected redact, partial, hash or email)")
             }),
-        other => Err(format!("mask `strategy` must be a string, got {}", describe(other))),
+        other => Err(format!(
+            "mask `strategy` must be a string, got {}",
+            describe(other)
+        )),
     }
 }
 
@@ -805,7 +892,10 @@ fn items<'a>(field: &str, v: &'a Value) -> Result<Vec<&'a Value>, String> {
         Value::Null => Ok(Vec::new()),
         Value::Array(a) => Ok(a.iter().collect()),
         Value::Set(s) => Ok(s.iter().collect()),
-        other => Err(format!("`{field}` must be an array, got {}", describe(other))),
+        other => Err(format!(
+            "`{field}` must be an array, got {}",
+            describe(other)
+        )),
     }
 }
 
@@ -838,7 +928,12 @@ fn decision_from_value(v: &Value) -> Result<Decision, String> {
             "dry_run" => match val {
                 Value::Bool(b) => d.dry_run = *b,
                 Value::Null => {}
-                other => return Err(format!("`dry_run` must be a boolean, got {}", describe(other))),
+                other => {
+                    return Err(format!(
+                        "`dry_run` must be a boolean, got {}",
+                        describe(other)
+                    ));
+                }
             },
             _ => {}
         }

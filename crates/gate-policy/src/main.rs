@@ -10,7 +10,11 @@ use gate_policy::testing;
 use gate_policy::{EvalLimits, PolicySet, read_source};
 
 #[derive(Parser)]
-#[command(name = "gate-policy", version, about = "Check, evaluate and test Gate Rego policies")]
+#[command(
+    name = "gate-policy",
+    version,
+    about = "Check, evaluate and test Gate Rego policies"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,7 +48,9 @@ enum Command {
 
 fn parse_stage(s: &str) -> Result<Stage, String> {
     Stage::parse(s).ok_or_else(|| {
-        format!("unknown stage {s:?} (expected session, pre_request, post_request, request or response)")
+        format!(
+            "unknown stage {s:?} (expected session, pre_request, post_request, request or response)"
+        )
     })
 }
 
@@ -74,9 +80,8 @@ fn check(files: &[PathBuf]) -> bool {
     let mut ok = true;
     for file in files {
         let name = file.display().to_string();
-        let result = read(file).and_then(|text| {
-            testing::check(&name, &text).map_err(|e| format!("error: {e}"))
-        });
+        let result = read(file)
+            .and_then(|text| testing::check(&name, &text).map_err(|e| format!("error: {e}")));
         match result {
             Ok(report) => {
                 let rules = if report.stage_rules.is_empty() {
@@ -117,11 +122,12 @@ fn eval(policy: &Path, stage: Stage, input: &Path) -> bool {
         } else {
             read(input)?
         };
-        let input: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            format!("error: input {} is not valid JSON: {e}", input.display())
-        })?;
+        let input: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| format!("error: input {} is not valid JSON: {e}", input.display()))?;
         let set = PolicySet::compile(vec![source]).map_err(|e| format!("error: {e}"))?;
-        let decision = set.evaluate(stage, &input).map_err(|e| format!("error: {e}"))?;
+        let decision = set
+            .evaluate(stage, &input)
+            .map_err(|e| format!("error: {e}"))?;
         serde_json::to_string_pretty(&decision).map_err(|e| format!("error: {e}"))
     };
     match run() {
@@ -172,9 +178,6 @@ fn test(files: &[PathBuf]) -> bool {
             );
         }
     }
-    println!(
-        "{} passed, {failed} failed",
-        outcomes.len() - failed
-    );
+    println!("{} passed, {failed} failed", outcomes.len() - failed);
     failed == 0
 }

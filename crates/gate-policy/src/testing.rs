@@ -1,7 +1,7 @@
 //! Support for the `gate-policy` tool: checking policies and running `test_*` rules.
 
 use gate_core::Stage;
-use regorus::{Engine, Value};
+use regorus::Value;
 
 use crate::{EvalLimits, ModuleInfo, PolicyError, new_engine, one_line, parse_module};
 use regorus::languages::rego::compiler::Compiler;

@@ -87,11 +87,14 @@ fn policy_set_is_send_sync() {
 #[test]
 fn syntax_error_names_the_file_and_the_reason() {
     for ev in EVALUATORS {
-        let err = compile(ev, vec![src(
-            "policies/broken.rego",
-            Stage::PreRequest,
-            "package x\nimport rego.v1\npre_request if {\n  input.a ==\n}\n",
-        )])
+        let err = compile(
+            ev,
+            vec![src(
+                "policies/broken.rego",
+                Stage::PreRequest,
+                "package x\nimport rego.v1\npre_request if {\n  input.a ==\n}\n",
+            )],
+        )
         .unwrap_err();
         assert!(matches!(err, PolicyError::Compile { .. }), "{err:?}");
         let msg = err.to_string();
@@ -105,11 +108,14 @@ fn syntax_error_names_the_file_and_the_reason() {
 #[test]
 fn semantic_error_surfaces_at_compile_time() {
     for ev in EVALUATORS {
-        let err = compile(ev, vec![src(
-            "unsafe.rego",
-            Stage::PreRequest,
-            "package x\nimport rego.v1\npre_request if { y == 1 }\n",
-        )])
+        let err = compile(
+            ev,
+            vec![src(
+                "unsafe.rego",
+                Stage::PreRequest,
+                "package x\nimport rego.v1\npre_request if { y == 1 }\n",
+            )],
+        )
         .unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, PolicyError::Compile { .. }), "{err:?}");
@@ -122,11 +128,14 @@ fn semantic_error_surfaces_at_compile_time() {
 #[test]
 fn missing_stage_rule_is_a_compile_error() {
     for ev in EVALUATORS {
-        let err = compile(ev, vec![src(
-            "nostage.rego",
-            Stage::PostRequest,
-            "package a.b\nimport rego.v1\npre_request := true\n",
-        )])
+        let err = compile(
+            ev,
+            vec![src(
+                "nostage.rego",
+                Stage::PostRequest,
+                "package a.b\nimport rego.v1\npre_request := true\n",
+            )],
+        )
         .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("nostage.rego"), "{msg}");
@@ -262,10 +271,13 @@ fn alias_rules_request_and_response() {
     request := {"action": "block", "reason": "via alias"} if input.query.type == "delete"
     response := {"masks": [{"column": "card", "strategy": "hash"}]}
     "#;
-        let set = compile(ev, vec![
-            src("alias.rego", Stage::PreRequest, text),
-            src("alias.rego", Stage::PostRequest, text),
-        ])
+        let set = compile(
+            ev,
+            vec![
+                src("alias.rego", Stage::PreRequest, text),
+                src("alias.rego", Stage::PostRequest, text),
+            ],
+        )
         .unwrap();
         assert!(!set.has_stage(Stage::Session));
         assert!(set.has_stage(Stage::PreRequest));
@@ -305,7 +317,11 @@ fn primary_rule_wins_over_alias() {
             "package p\nimport rego.v1\npre_request := false\nrequest := true\n",
         );
         assert_eq!(set.policies().next().unwrap().rule, "pre_request");
-        assert!(set.evaluate(Stage::PreRequest, &json!({})).unwrap().is_block());
+        assert!(
+            set.evaluate(Stage::PreRequest, &json!({}))
+                .unwrap()
+                .is_block()
+        );
     }
 }
 
@@ -435,7 +451,10 @@ fn evaluators_agree_on_edge_cases() {
         ("pre_request := input.missing.deeper == 1", json!({})),
         ("pre_request := count(input.s) > 1", json!({"s": 7})),
         ("pre_request := lower(input.s) == \"x\"", json!({"s": null})),
-        ("pre_request := {\"reason\": concat(\",\", input.t)}", json!({"t": ["a", 1]})),
+        (
+            "pre_request := {\"reason\": concat(\",\", input.t)}",
+            json!({"t": ["a", 1]}),
+        ),
     ];
     for (rule, input) in cases {
         let text = format!("package e\nimport rego.v1\n{rule}\n");
@@ -449,7 +468,10 @@ fn evaluators_agree_on_edge_cases() {
                 }
             })
             .collect();
-        assert_eq!(outcomes[0], outcomes[1], "{rule} with {input}: {outcomes:?}");
+        assert_eq!(
+            outcomes[0], outcomes[1],
+            "{rule} with {input}: {outcomes:?}"
+        );
     }
 }
 
@@ -468,10 +490,15 @@ fn conflicting_rule_values_are_errors() {
             assert!(reason.contains("2 definitions"), "{reason}");
         }
         assert_eq!(
-            set.evaluate(Stage::PreRequest, &json!({"a": true})).unwrap(),
+            set.evaluate(Stage::PreRequest, &json!({"a": true}))
+                .unwrap(),
             Decision::allow()
         );
-        assert!(set.evaluate(Stage::PreRequest, &json!({"b": true})).unwrap().is_block());
+        assert!(
+            set.evaluate(Stage::PreRequest, &json!({"b": true}))
+                .unwrap()
+                .is_block()
+        );
         let err = set
             .evaluate(Stage::PreRequest, &json!({"a": true, "b": true}))
             .unwrap_err();
@@ -500,6 +527,26 @@ pre_request := {"action": "block", "reason": "guests may not write"} if role == 
 }
 
 #[test]
+fn enumerating_rule_values_are_errors() {
+    for ev in EVALUATORS {
+        let set = one(
+            ev,
+            Stage::PreRequest,
+            "package e\nimport rego.v1\npre_request := input.decisions[_]\n",
+        );
+        assert!(
+            set.evaluate(Stage::PreRequest, &json!({"decisions": [false]}))
+                .unwrap()
+                .is_block()
+        );
+        let err = set
+            .evaluate(Stage::PreRequest, &json!({"decisions": [true, false]}))
+            .unwrap_err();
+        assert!(matches!(err, PolicyError::Eval { .. }), "{ev:?}: {err:?}");
+    }
+}
+
+#[test]
 fn conflict_guard_keeps_safe_policies_on_the_rvm() {
     let rvm = [
         // constant value, iterating body
@@ -514,9 +561,18 @@ fn conflict_guard_keeps_safe_policies_on_the_rvm() {
         "deny contains t if { some t in input.query.tables }\npre_request := count(deny) == 0",
     ];
     for body in rvm {
-        let set = one(Evaluator::Rvm, Stage::PreRequest, &format!("package g\nimport rego.v1\n{body}\n"));
+        let set = one(
+            Evaluator::Rvm,
+            Stage::PreRequest,
+            &format!("package g\nimport rego.v1\n{body}\n"),
+        );
         let info = set.policies().next().unwrap();
-        assert_eq!(info.backend, Backend::Rvm, "{body}: {:?}", info.interpreter_reason);
+        assert_eq!(
+            info.backend,
+            Backend::Rvm,
+            "{body}: {:?}",
+            info.interpreter_reason
+        );
     }
     let interpreted = [
         "pre_request := {\"reason\": t} if { some t in input.query.tables }",
@@ -524,9 +580,15 @@ fn conflict_guard_keeps_safe_policies_on_the_rvm() {
         "pre_request := 1 if input.a\npre_request := 2 if input.b",
         "obj[k] := 1 if { some k in input.query.tables }\npre_request := count(obj) > 0",
         "f(x) := y if { some y in x }\npre_request := f(input.t) == 1",
+        "pre_request := input.decisions[_]",
+        "pre_request := {\"reason\": input.reasons[_]} if input.a",
     ];
     for body in interpreted {
-        let set = one(Evaluator::Rvm, Stage::PreRequest, &format!("package g\nimport rego.v1\n{body}\n"));
+        let set = one(
+            Evaluator::Rvm,
+            Stage::PreRequest,
+            &format!("package g\nimport rego.v1\n{body}\n"),
+        );
         let info = set.policies().next().unwrap();
         assert_eq!(info.backend, Backend::Interpreter, "{body}");
     }
@@ -539,12 +601,15 @@ fn sources_for_one_stage_combine() {
         let mask_a = "package two\nimport rego.v1\npost_request := {\"masks\": [{\"column\": \"a\", \"strategy\": \"redact\"}]}\n";
         let mask_b = "package three\nimport rego.v1\npost_request := {\"action\": \"mask\", \"masks\": [{\"column\": \"b\", \"strategy\": \"email\"}]}\n";
         let allow = "package four\nimport rego.v1\npre_request := true\n";
-        let set = compile(ev, vec![
-            src("allow.rego", Stage::PreRequest, allow),
-            src("block.rego", Stage::PreRequest, block),
-            src("a.rego", Stage::PostRequest, mask_a),
-            src("b.rego", Stage::PostRequest, mask_b),
-        ])
+        let set = compile(
+            ev,
+            vec![
+                src("allow.rego", Stage::PreRequest, allow),
+                src("block.rego", Stage::PreRequest, block),
+                src("a.rego", Stage::PostRequest, mask_a),
+                src("b.rego", Stage::PostRequest, mask_b),
+            ],
+        )
         .unwrap();
         let d = set
             .evaluate(Stage::PreRequest, &sql_input("insert", "INSERT"))
@@ -571,14 +636,21 @@ fn sources_for_one_stage_combine() {
 #[test]
 fn one_failing_source_fails_the_stage() {
     for ev in EVALUATORS {
-        let set = compile(ev, vec![
-            src("ok.rego", Stage::PreRequest, "package ok\nimport rego.v1\npre_request := true\n"),
-            src(
-                "bad.rego",
-                Stage::PreRequest,
-                "package bad\nimport rego.v1\npre_request := 7\n",
-            ),
-        ])
+        let set = compile(
+            ev,
+            vec![
+                src(
+                    "ok.rego",
+                    Stage::PreRequest,
+                    "package ok\nimport rego.v1\npre_request := true\n",
+                ),
+                src(
+                    "bad.rego",
+                    Stage::PreRequest,
+                    "package bad\nimport rego.v1\npre_request := 7\n",
+                ),
+            ],
+        )
         .unwrap();
         let err = set.evaluate(Stage::PreRequest, &json!({})).unwrap_err();
         assert!(err.to_string().contains("bad.rego"), "{err}");
@@ -645,16 +717,26 @@ fn runaway_policy_times_out() {
         let started = Instant::now();
         let err = set.evaluate(Stage::PreRequest, &json!({})).unwrap_err();
         let elapsed = started.elapsed();
-        assert!(matches!(err, PolicyError::Timeout { .. }), "{ev:?}: {err:?}");
+        assert!(
+            matches!(err, PolicyError::Timeout { .. }),
+            "{ev:?}: {err:?}"
+        );
         assert!(err.to_string().contains("runaway.rego"), "{err}");
         assert!(err.to_string().contains("20ms"), "{err}");
-        assert!(elapsed < Duration::from_secs(2), "{ev:?} stopped late: {elapsed:?}");
+        assert!(
+            elapsed < Duration::from_secs(2),
+            "{ev:?} stopped late: {elapsed:?}"
+        );
 
         // The thread's evaluator is reusable after a timeout.
         let set2 = PolicySet::compile_with(
             vec![
                 src("runaway.rego", Stage::PreRequest, RUNAWAY),
-                src("ok.rego", Stage::Session, "package ok\nimport rego.v1\nsession := true\n"),
+                src(
+                    "ok.rego",
+                    Stage::Session,
+                    "package ok\nimport rego.v1\nsession := true\n",
+                ),
             ],
             with_limits(ev, limits),
         )
@@ -721,7 +803,11 @@ fn rvm_falls_back_to_the_interpreter() {
         Evaluator::Rvm,
         vec![
             src("with.rego", Stage::PreRequest, WITH_POLICY),
-            src("plain.rego", Stage::Session, "package plain\nimport rego.v1\nsession := true\n"),
+            src(
+                "plain.rego",
+                Stage::Session,
+                "package plain\nimport rego.v1\nsession := true\n",
+            ),
         ],
     )
     .unwrap();
@@ -954,7 +1040,22 @@ fn eval_speed() {
     } else {
         "release"
     };
-    let input_value = crate::to_value(&pre).unwrap();
+    let input_value = crate::PolicyInput::new(&pre).unwrap();
+    let base = crate::PolicyInput::new(&facts::Input {
+        query: None,
+        ..facts::sample()
+    })
+    .unwrap();
+    let query = facts::sample().query;
+    #[derive(serde::Serialize)]
+    struct PerRequest<'a> {
+        query: &'a Option<facts::Query>,
+    }
+    let per_request = PerRequest { query: &query };
+    assert_eq!(
+        base.with(&per_request).unwrap().to_json(),
+        input_value.to_json()
+    );
     let convert = measure(&|| {
         drop(std::hint::black_box(
             crate::to_value(std::hint::black_box(&pre)).unwrap(),
@@ -972,7 +1073,11 @@ fn eval_speed() {
     for ev in EVALUATORS {
         let set = example_set(ev);
         let exec_only = measure(&|| {
-            std::hint::black_box(set.evaluate_value(Stage::PreRequest, &input_value).unwrap());
+            std::hint::black_box(set.evaluate_input(Stage::PreRequest, &input_value).unwrap());
+        });
+        let with_base = measure(&|| {
+            let input = base.with(&per_request).unwrap();
+            std::hint::black_box(set.evaluate_input(Stage::PreRequest, &input).unwrap());
         });
         let pre_total = measure(&|| {
             std::hint::black_box(set.evaluate(Stage::PreRequest, &pre).unwrap());
@@ -982,7 +1087,8 @@ fn eval_speed() {
         });
         println!(
             "gate-policy eval ({profile}, {ev:?}): pre_request {pre_total:?}/eval \
-             (evaluation alone {exec_only:?}); post_request planning a mask {post_total:?}/eval"
+             (evaluation alone {exec_only:?}; with a per-session PolicyInput {with_base:?}); \
+             post_request planning a mask {post_total:?}/eval"
         );
     }
 }

@@ -72,7 +72,9 @@ fn float(v: f64) -> Result<Value, ToValueError> {
     if v.is_finite() {
         Ok(Value::from(v))
     } else {
-        Err(ToValueError(format!("non-finite number {v} in policy input")))
+        Err(ToValueError(format!(
+            "non-finite number {v} in policy input"
+        )))
     }
 }
 
@@ -145,7 +147,9 @@ impl ser::Serializer for ValueSerializer {
     }
     fn serialize_bytes(self, v: &[u8]) -> Result<Value, ToValueError> {
         Ok(Value::from(
-            v.iter().map(|b| Value::from(u64::from(*b))).collect::<Vec<_>>(),
+            v.iter()
+                .map(|b| Value::from(u64::from(*b)))
+                .collect::<Vec<_>>(),
         ))
     }
     fn serialize_none(self) -> Result<Value, ToValueError> {
