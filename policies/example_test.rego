@@ -34,3 +34,16 @@ test_no_sensitive_columns_no_masks if {
 	d := v2.post_request with input as {"user": alice, "columns": [{"name": "id"}]}
 	d.action == "allow"
 }
+
+# COPY … TO STDOUT has no visible columns: reading a sensitive table asks for the masks, so
+# Gate refuses the COPY rather than streaming raw values.
+test_copy_of_a_sensitive_table_asks_for_masks if {
+	d := v2.post_request with input as {"user": alice, "columns": [], "query": {"type": "copy", "statement": "COPY users TO STDOUT", "tables": ["users"]}}
+	d.action == "mask"
+	count(d.masks) == 2
+}
+
+test_copy_of_other_tables_is_allowed if {
+	d := v2.post_request with input as {"user": alice, "columns": [], "query": {"type": "copy", "statement": "COPY items TO STDOUT", "tables": ["items"]}}
+	d.action == "allow"
+}
