@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// How long to wait for a client-first protocol to speak.
-pub const CLIENT_FIRST_WAIT: Duration = Duration::from_millis(500);
+pub const CLIENT_FIRST_WAIT: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detected {

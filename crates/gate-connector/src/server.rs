@@ -9,6 +9,7 @@ use anyhow::Context;
 use gate_core::Protocol;
 use gate_core::config::ConnectorConfig;
 use gate_enforcement::Masker;
+use gate_mysql::MysqlHandler;
 use gate_pipeline::audit::JsonlFileSink;
 use gate_pipeline::{AuditLog, Authenticator, Metrics, Pipeline, PipelineParts};
 use gate_policy::PolicySet;
@@ -100,7 +101,10 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
         masker: masker(&cfg),
         resources: cfg.resources.clone(),
     });
-    let postgres = PostgresHandler::new(pipeline.clone(), tls);
+    let handlers = Handlers {
+        postgres: PostgresHandler::new(pipeline.clone(), tls.clone()),
+        mysql: MysqlHandler::new(pipeline.clone(), tls),
+    };
 
     // Bind everything before reporting ready, so a port conflict fails start-up loudly.
     let shared: SocketAddr = cfg.listen_addr.parse().context("listen_addr")?;
@@ -136,15 +140,16 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
     let mut accept_loops = JoinSet::new();
     for (listener, dedicated) in listeners {
         tracing::info!(addr = %listener.local_addr()?, resource = dedicated.as_ref().map(|d| &*d.0), "listening");
-        accept_loops.spawn(accept_loop(listener, dedicated, postgres.clone()));
+        accept_loops.spawn(accept_loop(listener, dedicated, handlers.clone()));
     }
     let reaper = {
-        let postgres = postgres.clone();
+        let handlers = handlers.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REAP_INTERVAL);
             loop {
                 tick.tick().await;
-                postgres.reap_idle();
+                handlers.postgres.reap_idle();
+                handlers.mysql.reap_idle();
             }
         })
     };
@@ -190,11 +195,12 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
         pipeline.begin_shutdown();
         let _ = tokio::time::timeout(Duration::from_secs(10), pipeline.sessions_drained()).await;
     }
-    postgres.close_idle();
+    handlers.postgres.close_idle();
+    handlers.mysql.close_idle();
     recordings.shutdown().await;
     audit.flush().await;
     drop(audit);
-    drop(postgres);
+    drop(handlers);
     drop(pipeline);
     if let Some(h) = health_task {
         h.abort();
@@ -209,10 +215,17 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The protocol handlers, shared by every listener.
+#[derive(Clone)]
+struct Handlers {
+    postgres: Arc<PostgresHandler>,
+    mysql: Arc<MysqlHandler>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     dedicated: Option<(Arc<str>, Protocol)>,
-    postgres: Arc<PostgresHandler>,
+    handlers: Handlers,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -224,26 +237,33 @@ async fn accept_loop(
                 continue;
             }
         };
-        let postgres = postgres.clone();
+        let handlers = handlers.clone();
         let dedicated = dedicated.clone();
         tokio::spawn(async move {
             match dedicated {
                 Some((resource, Protocol::Postgres)) => {
-                    postgres.serve(stream, peer, Some(resource)).await
+                    handlers.postgres.serve(stream, peer, Some(resource)).await
+                }
+                Some((resource, Protocol::Mysql)) => {
+                    handlers.mysql.serve(stream, peer, Some(resource)).await
                 }
                 Some((resource, protocol)) => {
                     tracing::warn!(%resource, %protocol, "protocol not served by this connector yet; closing");
                 }
-                None => dispatch(stream, peer, postgres).await,
+                None => dispatch(stream, peer, handlers).await,
             }
         });
     }
 }
 
-/// Shared listener: pick the handler by the first bytes.
-async fn dispatch(stream: TcpStream, peer: SocketAddr, postgres: Arc<PostgresHandler>) {
+/// Shared listener: pick the handler by the first bytes; a client that stays silent is
+/// waiting for a server greeting, which means MySQL when a MySQL resource exists.
+async fn dispatch(stream: TcpStream, peer: SocketAddr, handlers: Handlers) {
     match detect::detect(&stream).await {
-        Detected::Postgres => postgres.serve(stream, peer, None).await,
+        Detected::Postgres => handlers.postgres.serve(stream, peer, None).await,
+        Detected::Silent if handlers.mysql.has_resources() => {
+            handlers.mysql.serve(stream, peer, None).await
+        }
         other => {
             tracing::debug!(%peer, detected = ?other, "unrecognised protocol on the shared listener; closing")
         }

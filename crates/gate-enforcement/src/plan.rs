@@ -64,6 +64,25 @@ impl MaskPlan {
         self.by_column.get(column_index).copied().flatten()
     }
 
+    /// Both plans at once, column by column, the more protective strategy winning: for a
+    /// shape that is known under two names per column (MySQL's alias and original name), so
+    /// an alias cannot hide a masked column.
+    pub fn union(&self, other: &MaskPlan) -> MaskPlan {
+        let len = self.by_column.len().max(other.by_column.len());
+        let mut plan = MaskPlan::empty();
+        for index in 0..len {
+            let strategy = [self.strategy_for(index), other.strategy_for(index)]
+                .into_iter()
+                .flatten()
+                .max_by_key(|s| protection(*s));
+            plan.by_column.push(strategy);
+            if let Some(strategy) = strategy {
+                plan.masked.push((index, strategy));
+            }
+        }
+        plan
+    }
+
     /// The masked columns and their strategies, in column order.
     pub fn masked_columns(&self) -> impl Iterator<Item = (usize, MaskStrategy)> + '_ {
         self.masked.iter().copied()
@@ -186,5 +205,27 @@ mod tests {
             names.iter().map(String::as_str),
         );
         assert_eq!(plan.strategy_for(1), Some(MaskStrategy::Redact));
+    }
+
+    #[test]
+    fn union_takes_the_more_protective_strategy_per_column() {
+        let rule = |c: &str, s| MaskRule {
+            column: c.into(),
+            strategy: s,
+        };
+        let by_alias =
+            MaskPlan::build(&[rule("contact", MaskStrategy::Partial)], ["id", "contact"]);
+        let by_origin = MaskPlan::build(
+            &[
+                rule("email", MaskStrategy::Redact),
+                rule("id", MaskStrategy::Hash),
+            ],
+            ["id", "email"],
+        );
+        let u = by_alias.union(&by_origin);
+        assert_eq!(u.strategy_for(0), Some(MaskStrategy::Hash));
+        assert_eq!(u.strategy_for(1), Some(MaskStrategy::Redact));
+        assert_eq!(u.masked_columns().count(), 2);
+        assert!(MaskPlan::empty().union(&MaskPlan::empty()).is_empty());
     }
 }

@@ -25,12 +25,18 @@ pub struct SessionDenied {
     pub reason: String,
 }
 
-/// The input every policy sees: identity, resource and session, plus the request or result.
+/// What every policy input holds for the whole session: identity, resource and session.
+/// Converted to the policy engine's form once, at open.
 #[derive(Serialize)]
-struct PolicyInput<'a> {
+struct SessionInput<'a> {
     user: &'a Identity,
     resource: &'a ResourceFacts,
     session: &'a SessionFacts,
+}
+
+/// What one request adds to the session's input.
+#[derive(Serialize)]
+struct RequestInput<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     query: Option<&'a QueryFacts>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,6 +75,9 @@ pub struct Session {
     client: ClientInfo,
     resource_facts: ResourceFacts,
     session_facts: SessionFacts,
+    /// `user`, `resource` and `session`, converted once; `None` if that failed (then every
+    /// evaluation denies).
+    base_input: Option<gate_policy::PolicyInput>,
     recorder: Option<SessionRecorder>,
     started: Instant,
     queries: AtomicU64,
@@ -123,6 +132,7 @@ impl Pipeline {
                 client_addr: client.addr.to_string(),
                 tls: client.tls,
             },
+            base_input: None,
             recorder: None,
             identity,
             resource,
@@ -136,6 +146,17 @@ impl Pipeline {
             closed: true,
         };
         session.session_facts.id = session.id;
+        session.base_input = match gate_policy::PolicyInput::new(&SessionInput {
+            user: &session.identity,
+            resource: &session.resource_facts,
+            session: &session.session_facts,
+        }) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the policy input; the session will deny every request");
+                None
+            }
+        };
 
         let decision = session.evaluate(Stage::Session, None, None);
         session
@@ -190,6 +211,16 @@ impl Session {
         if decision.is_block() {
             self.blocked.fetch_add(1, Ordering::Relaxed);
         }
+        self.audit_decision(Stage::PreRequest, &decision, Some(facts))
+            .await;
+        decision
+    }
+
+    /// A request the handler refuses by itself because it would bypass the gateway (a
+    /// protocol feature Gate does not relay). Audited and counted like a policy block.
+    pub async fn deny(&self, facts: &QueryFacts, reason: &str) -> Decision {
+        let decision = Decision::block(reason);
+        self.blocked.fetch_add(1, Ordering::Relaxed);
         self.audit_decision(Stage::PreRequest, &decision, Some(facts))
             .await;
         decision
@@ -339,14 +370,14 @@ impl Session {
             return Decision::allow();
         }
         let started = Instant::now();
-        let input = PolicyInput {
-            user: &self.identity,
-            resource: &self.resource_facts,
-            session: &self.session_facts,
-            query,
-            columns,
+        let input = match &self.base_input {
+            Some(base) => base.with(&RequestInput { query, columns }),
+            None => Err(gate_policy::PolicyError::Input {
+                stage: Some(stage),
+                message: "session facts could not be converted".into(),
+            }),
         };
-        let decision = match policies.evaluate(stage, &input) {
+        let decision = match input.and_then(|i| policies.evaluate_input(stage, &i)) {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(session = %self.id, %stage, error = %e, "policy evaluation failed; denying");
@@ -432,6 +463,7 @@ impl Drop for Session {
                     client_addr: String::new(),
                     tls: false,
                 },
+                base_input: None,
                 recorder: self.recorder.take(),
                 started: self.started,
                 queries: AtomicU64::new(self.queries.load(Ordering::Relaxed)),

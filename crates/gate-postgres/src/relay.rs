@@ -285,9 +285,21 @@ impl<'a> Relay<'a> {
                     return RelayEnd::ClientGone;
                 }
                 b'F' => {
-                    let poison = self.next_poison(
-                        "the fast-path function call protocol is not allowed through Gate; call the function in SQL",
-                    );
+                    let reason = "the fast-path function call protocol is not allowed through Gate; call the function in SQL";
+                    let facts = other_facts("fast-path function call".to_string());
+                    let decision = self.session.deny(&facts, reason).await;
+                    self.session
+                        .record(
+                            &facts,
+                            &decision,
+                            RequestOutcome {
+                                rows: 0,
+                                duration: std::time::Duration::ZERO,
+                                error: None,
+                            },
+                        )
+                        .await;
+                    let poison = self.next_poison(reason);
                     wire::put_query(&mut out, &poison.0);
                     lock(&self.state)
                         .pending
