@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Prepares a machine for `make test`: PostgreSQL server and client programs, and the
-# `postgres` system user the test servers run as when the tests run as root.
+# Prepares a machine for `make test`:
+# - PostgreSQL server and client programs, and the `postgres` system user the test servers
+#   run as when the tests run as root;
+# - MariaDB server and client programs (mariadb-install-db, mariadbd, mariadb), and the
+#   `mysql` system user;
+# - the client libraries the MariaDB end-to-end tests drive: PyMySQL for `python3`, MariaDB
+#   Connector/J (and a Java runtime), and node's mysql2 in tests/node/.
 # Idempotent: on a machine that already has everything it only reports what it found.
 # Debian/Ubuntu; needs root (or passwordless sudo) only when something must be installed.
 set -euo pipefail
 
 say() { printf 'test-setup: %s\n' "$*"; }
+
+cd "$(dirname "$0")/.."
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then
@@ -38,41 +45,166 @@ pg_bindir() {
   return 1
 }
 
+# A program on PATH or in the sbin directories (mariadbd lives in /usr/sbin, which a
+# non-root PATH may lack). The same search gate-test-support does.
+find_prog() {
+  local p d
+  for p in "$@"; do
+    if command -v "$p" >/dev/null 2>&1; then
+      command -v "$p"; return 0
+    fi
+    for d in /usr/sbin /usr/local/sbin /sbin /usr/bin /usr/local/bin; do
+      if [ -x "$d/$p" ]; then
+        echo "$d/$p"; return 0
+      fi
+    done
+  done
+  return 1
+}
+
+mariadb_jar=/usr/share/java/mariadb-java-client.jar
+
+# Collect every missing Debian package first: one `apt-get update`, one `apt-get install`.
 missing=()
+add_missing() {
+  local p
+  for p in "$@"; do
+    case " ${missing[*]:-} " in
+      *" $p "*) ;;
+      *) missing+=("$p") ;;
+    esac
+  done
+}
+
+# --- PostgreSQL ---
 if bindir=$(pg_bindir); then
   say "PostgreSQL server programs: $bindir ($("$bindir/postgres" --version 2>/dev/null || echo '?'))"
 else
-  missing+=(postgresql)
+  # pgbench ships with the server package on Debian; install both when anything is missing.
+  add_missing postgresql postgresql-client
 fi
 for tool in psql pgbench; do
   if command -v "$tool" >/dev/null 2>&1 || { [ -n "${bindir:-}" ] && [ -x "$bindir/$tool" ]; }; then
     say "$tool: found"
   else
-    missing+=(postgresql-client)
+    add_missing postgresql postgresql-client
   fi
 done
-# pgbench ships with the server package on Debian; install both when anything is missing.
-if [ "${#missing[@]}" -gt 0 ]; then
-  say "missing: ${missing[*]} -> apt-get install postgresql postgresql-client"
-  export DEBIAN_FRONTEND=noninteractive
-  as_root apt-get update
-  as_root apt-get install -y --no-install-recommends postgresql postgresql-client
-  # The Debian package creates and starts a default cluster on 5432; the tests never use it.
-  bindir=$(pg_bindir) || { say "PostgreSQL installed but initdb/pg_ctl still not found"; exit 1; }
-  say "installed: $bindir ($("$bindir/postgres" --version))"
+
+# --- MariaDB ---
+if mariadbd=$(find_prog mariadbd mysqld) && find_prog mariadb-install-db mysql_install_db >/dev/null; then
+  say "MariaDB server programs: $mariadbd ($("$mariadbd" --version 2>/dev/null || echo '?'))"
+else
+  add_missing mariadb-server mariadb-client
+fi
+if find_prog mariadb >/dev/null; then
+  say "mariadb (client): found"
+else
+  add_missing mariadb-client
 fi
 
-if id postgres >/dev/null 2>&1; then
-  say "system user postgres: exists ($(id postgres))"
-elif [ "$(id -u)" -eq 0 ] || command -v sudo >/dev/null 2>&1; then
-  say "creating system user postgres"
-  if getent group postgres >/dev/null 2>&1; then
-    as_root useradd --system --home-dir /var/lib/postgresql --shell /bin/bash --gid postgres postgres
-  else
-    as_root useradd --system --home-dir /var/lib/postgresql --shell /bin/bash --user-group postgres
-  fi
+# --- Java: a runtime and MariaDB Connector/J ---
+if command -v java >/dev/null 2>&1; then
+  say "java: found ($(java -version 2>&1 | head -n 1))"
 else
-  say "system user postgres: missing (only needed when the tests run as root)"
+  add_missing default-jre-headless
+fi
+if [ -f "$mariadb_jar" ]; then
+  say "MariaDB Connector/J: $mariadb_jar"
+else
+  add_missing libmariadb-java
+fi
+
+# --- Python: PyMySQL, from Debian when python3 is the system one (PEP 668 forbids pip there;
+# otherwise pip installs it below) ---
+if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import pymysql' >/dev/null 2>&1 \
+  && python3 -c 'import os, sys, sysconfig
+sys.exit(0 if sys.prefix == "/usr" and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)' 2>/dev/null; then
+  add_missing python3-pymysql
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "missing: ${missing[*]} -> apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get update
+  as_root apt-get install -y --no-install-recommends "${missing[@]}"
+  # The Debian packages create (and, where services may start, start) default PostgreSQL
+  # and MariaDB servers on 5432 and 3306; the tests never use them.
+  case " ${missing[*]} " in
+    *" postgresql "*)
+      bindir=$(pg_bindir) || { say "PostgreSQL installed but initdb/pg_ctl still not found"; exit 1; }
+      say "installed: $bindir ($("$bindir/postgres" --version))"
+      ;;
+  esac
+  case " ${missing[*]} " in
+    *" mariadb-server "*|*" mariadb-client "*)
+      mariadbd=$(find_prog mariadbd mysqld) || { say "MariaDB installed but mariadbd still not found"; exit 1; }
+      find_prog mariadb-install-db mysql_install_db >/dev/null || { say "MariaDB installed but mariadb-install-db still not found"; exit 1; }
+      find_prog mariadb >/dev/null || { say "MariaDB installed but the mariadb client still not found"; exit 1; }
+      say "installed: $mariadbd ($("$mariadbd" --version))"
+      ;;
+  esac
+  case " ${missing[*]} " in
+    *" libmariadb-java "*|*" default-jre-headless "*)
+      command -v java >/dev/null 2>&1 || { say "Java runtime installed but java still not found"; exit 1; }
+      [ -f "$mariadb_jar" ] || { say "libmariadb-java installed but $mariadb_jar still not found"; exit 1; }
+      say "installed: $mariadb_jar, $(java -version 2>&1 | head -n 1)"
+      ;;
+  esac
+fi
+
+# --- System users the throwaway servers run as when the tests run as root ---
+# PostgreSQL and MariaDB both refuse to run as root.
+ensure_system_user() {
+  local user=$1 home=$2 shell=$3
+  if id "$user" >/dev/null 2>&1; then
+    say "system user $user: exists ($(id "$user"))"
+  elif [ "$(id -u)" -eq 0 ] || command -v sudo >/dev/null 2>&1; then
+    say "creating system user $user"
+    if getent group "$user" >/dev/null 2>&1; then
+      as_root useradd --system --home-dir "$home" --shell "$shell" --gid "$user" "$user"
+    else
+      as_root useradd --system --home-dir "$home" --shell "$shell" --user-group "$user"
+    fi
+  else
+    say "system user $user: missing (only needed when the tests run as root)"
+  fi
+}
+ensure_system_user postgres /var/lib/postgresql /bin/bash
+# The Debian mariadb-server package creates it like this; a machine with a MariaDB from
+# elsewhere may not have it.
+ensure_system_user mysql /nonexistent /bin/false
+
+# --- Python: PyMySQL ---
+if ! command -v python3 >/dev/null 2>&1; then
+  say "python3: not found (the Python MariaDB client tests will be skipped)"
+elif python3 -c 'import pymysql' >/dev/null 2>&1; then
+  say "PyMySQL: found ($(python3 -c 'import pymysql; print(pymysql.__version__)'))"
+else
+  say "PyMySQL: missing -> python3 -m pip install PyMySQL"
+  # PIP_ROOT_USER_ACTION: no "running pip as root" warning (older pips ignore the variable).
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check PyMySQL
+  python3 -c 'import pymysql' || { say "PyMySQL installed but python3 still cannot import it"; exit 1; }
+  say "installed: PyMySQL $(python3 -c 'import pymysql; print(pymysql.__version__)')"
+fi
+
+# --- Node: mysql2 in tests/node/ (a project-local install; node_modules is not committed) ---
+node_dir=tests/node
+if [ -f "$node_dir/node_modules/mysql2/package.json" ]; then
+  say "node mysql2: found in $node_dir/node_modules"
+elif ! command -v npm >/dev/null 2>&1; then
+  say "node mysql2: missing and npm not found (the node MariaDB client tests will be skipped)"
+else
+  say "node mysql2: missing -> npm install --prefix $node_dir mysql2"
+  mkdir -p "$node_dir"
+  if [ ! -f "$node_dir/package.json" ]; then
+    printf '{"private": true, "dependencies": {"mysql2": "^3"}}\n' >"$node_dir/package.json"
+  fi
+  # With no argument npm installs what package.json lists (mysql2 ^3) and leaves the file
+  # as it is.
+  npm install --prefix "$node_dir" --no-audit --no-fund --loglevel=error
+  [ -f "$node_dir/node_modules/mysql2/package.json" ] || { say "npm install ran but $node_dir/node_modules/mysql2 is missing"; exit 1; }
+  say "installed: mysql2 $(node -p "require('./$node_dir/node_modules/mysql2/package.json').version" 2>/dev/null || echo '?') in $node_dir/node_modules"
 fi
 
 say "ready"

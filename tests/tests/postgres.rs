@@ -612,7 +612,7 @@ async fn recording_and_audit_hold_what_happened_and_no_secrets() {
     everything.push_str(&env.gw.log());
     assert!(!everything.contains(ALICE_TOKEN), "token leaked");
     assert!(
-        !everything.contains(env.pg.app_password()),
+        !everything.contains(&env.upstream_password),
         "upstream password leaked"
     );
 }

@@ -53,9 +53,49 @@ pub struct MysqlHandler {
 
 enum ClientStream {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::server::TlsStream<Prefixed>>),
     /// Only while the TCP stream is handed to the TLS acceptor.
     Upgrading,
+}
+
+/// A TCP stream that first yields bytes already read from it. A MySQL client sends its TLS
+/// ClientHello right after the SSLRequest, without waiting for an answer, so those bytes may
+/// already sit in the login buffer when the TLS handshake starts.
+struct Prefixed {
+    prefix: BytesMut,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 fn upgrading() -> std::io::Error {
@@ -169,32 +209,45 @@ impl MysqlHandler {
         }
     }
 
-    /// The resource whose greeting a shared-listener client gets: the first MySQL resource.
-    fn greeting_resource(&self, implied: Option<&str>) -> Option<Arc<ResourceConfig>> {
-        match implied {
-            Some(name) => self.pipeline.resource(name).cloned(),
+    /// The greeting facts for a connection: those of its dedicated resource, or on the shared
+    /// listener those of the first MySQL resource (in configuration order) that answers.
+    async fn greeting_info(&self, implied: Option<&str>) -> Result<Arc<ServerInfo>, String> {
+        let candidates: Vec<Arc<ResourceConfig>> = match implied {
+            Some(name) => self.pipeline.resource(name).cloned().into_iter().collect(),
             None => self
                 .pipeline
                 .resources()
                 .filter(|r| r.protocol == Protocol::Mysql)
-                .min_by(|a, b| a.name.cmp(&b.name))
-                .cloned(),
+                .cloned()
+                .collect(),
+        };
+        if candidates.is_empty() {
+            return Err("no MySQL resource is configured in Gate".into());
         }
-    }
-
-    async fn server_info(
-        &self,
-        resource: &ResourceConfig,
-    ) -> Result<Arc<ServerInfo>, UpstreamError> {
-        if let Some(i) = self.server_info.lock().expect("info").get(&resource.name) {
-            return Ok(i.clone());
+        {
+            let known = self.server_info.lock().expect("info");
+            if let Some(info) = candidates.iter().find_map(|r| known.get(&r.name)) {
+                return Ok(info.clone());
+            }
         }
-        let info = Arc::new(upstream::probe(resource).await?);
-        self.server_info
-            .lock()
-            .expect("info")
-            .insert(resource.name.clone(), info.clone());
-        Ok(info)
+        let mut last_error = String::new();
+        for r in &candidates {
+            match upstream::probe(r).await {
+                Ok(info) => {
+                    let info = Arc::new(info);
+                    self.server_info
+                        .lock()
+                        .expect("info")
+                        .insert(r.name.clone(), info.clone());
+                    return Ok(info);
+                }
+                Err(e) => {
+                    tracing::warn!(resource = %r.name, error = %e, "upstream unreachable at greeting");
+                    last_error = format!("Gate could not reach upstream \"{}\": {e}", r.name);
+                }
+            }
+        }
+        Err(last_error)
     }
 
     /// Serves one client connection to the end.
@@ -231,24 +284,10 @@ impl MysqlHandler {
         peer: SocketAddr,
         implied: Option<&str>,
     ) -> Option<Login> {
-        let Some(greeting_resource) = self.greeting_resource(implied) else {
-            conn.refuse(1045, "28000", "no MySQL resource is configured in Gate")
-                .await;
-            return None;
-        };
-        let info = match self.server_info(&greeting_resource).await {
+        let info = match self.greeting_info(implied).await {
             Ok(i) => i,
-            Err(e) => {
-                tracing::warn!(resource = %greeting_resource.name, error = %e, "upstream unreachable at greeting");
-                conn.refuse(
-                    2003,
-                    "HY000",
-                    &format!(
-                        "Gate could not reach upstream \"{}\": {e}",
-                        greeting_resource.name
-                    ),
-                )
-                .await;
+            Err(message) => {
+                conn.refuse(2003, "HY000", &message).await;
                 return None;
             }
         };
@@ -264,14 +303,17 @@ impl MysqlHandler {
         if self.tls.is_some() {
             caps |= CapabilityFlags::CLIENT_SSL;
         }
-        let nonce: [u8; 20] = std::array::from_fn(|_| rand::random::<u8>() % 94 + 33);
+        let nonce = new_nonce();
+        // Servers send the second part NUL-terminated (13 bytes); clients count on it.
+        let mut scramble_2 = nonce[8..].to_vec();
+        scramble_2.push(0);
         let connection_id = rand::random::<u32>() & 0x7fff_ffff;
         let greeting = HandshakePacket::new(
             10,
             info.version.as_slice(),
             connection_id,
             nonce[..8].try_into().expect("8 bytes"),
-            Some(&nonce[8..]),
+            Some(scramble_2.as_slice()),
             caps,
             info.collation,
             mysql_common::constants::StatusFlags::from_bits_truncate(info.status),
@@ -291,15 +333,13 @@ impl MysqlHandler {
             ));
             if req_caps.contains(CapabilityFlags::CLIENT_SSL) {
                 let acceptor = self.tls.as_ref()?;
-                if !conn.buf.is_empty() {
-                    return None; // bytes before the TLS handshake: refuse them
-                }
                 let ClientStream::Plain(tcp) =
                     std::mem::replace(&mut conn.stream, ClientStream::Upgrading)
                 else {
                     return None;
                 };
-                conn.stream = match acceptor.accept(tcp).await {
+                let prefix = std::mem::take(&mut conn.buf);
+                conn.stream = match acceptor.accept(Prefixed { prefix, inner: tcp }).await {
                     Ok(s) => ClientStream::Tls(Box::new(s)),
                     Err(e) => {
                         tracing::debug!(error = %e, "TLS handshake failed");
@@ -315,9 +355,19 @@ impl MysqlHandler {
             protocol: Protocol::Mysql,
             tls,
         };
-        let response = match ParseBuf(&p.payload).parse::<HandshakeResponse>(()) {
+        // The response means what the client's capabilities allow *and* the greeting
+        // offered: clients set bits the server did not offer (e.g. CLIENT_CONNECT_ATTRS) and
+        // then, rightly, leave those fields out. Parse with the intersection.
+        let mut payload = p.payload;
+        if payload.len() >= 4 {
+            let offered =
+                u32::from_le_bytes(payload[..4].try_into().expect("4 bytes")) & caps.bits();
+            payload[..4].copy_from_slice(&offered.to_le_bytes());
+        }
+        let response = match ParseBuf(&payload).parse::<HandshakeResponse>(()) {
             Ok(r) => r,
-            Err(_) => {
+            Err(e) => {
+                tracing::debug!(error = %e, len = payload.len(), "unparseable handshake response");
                 conn.refuse(1043, "08S01", "Bad handshake").await;
                 return None;
             }
@@ -381,11 +431,23 @@ impl MysqlHandler {
                 }
                 cstr(&p.payload)
             }
+            // Any other plugin: switch to caching_sha2_password, which every current driver
+            // speaks without extra flags (many refuse mysql_clear_password unless told to),
+            // then ask for full authentication as above. Without TLS (only possible when none
+            // is configured) switch to mysql_clear_password instead.
             _ => {
-                // AuthSwitchRequest to mysql_clear_password.
                 let mut sw = vec![0xfe];
-                sw.extend_from_slice(b"mysql_clear_password\0");
-                conn.write(&sw).await.ok()?;
+                if tls {
+                    sw.extend_from_slice(b"caching_sha2_password\0");
+                    sw.extend_from_slice(&new_nonce());
+                    sw.push(0);
+                    conn.write(&sw).await.ok()?;
+                    conn.read().await.ok()?; // the scramble, useless to us
+                    conn.write(&[0x01, 0x04]).await.ok()?;
+                } else {
+                    sw.extend_from_slice(b"mysql_clear_password\0");
+                    conn.write(&sw).await.ok()?;
+                }
                 let p = conn.read().await.ok()?;
                 cstr(&p.payload)
             }
@@ -506,6 +568,11 @@ mod tests {
         assert_eq!(cstr(b"tok"), "tok");
         assert_eq!(cstr(b""), "");
     }
+}
+
+/// 20 printable random bytes: an authentication nonce.
+fn new_nonce() -> [u8; 20] {
+    std::array::from_fn(|_| rand::random::<u8>() % 94 + 33)
 }
 
 /// The bytes before the first NUL (clients terminate passwords with one).

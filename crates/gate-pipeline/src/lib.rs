@@ -45,6 +45,8 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     masker: Masker,
     resources: HashMap<String, Arc<ResourceConfig>>,
+    /// Resource names in configuration order.
+    resource_order: Vec<String>,
     live: LiveSessions,
     shutdown: watch::Sender<bool>,
 }
@@ -77,6 +79,7 @@ impl Pipeline {
             recordings: parts.recordings,
             metrics: parts.metrics,
             masker: parts.masker,
+            resource_order: parts.resources.iter().map(|r| r.name.clone()).collect(),
             resources: parts
                 .resources
                 .into_iter()
@@ -91,8 +94,11 @@ impl Pipeline {
         self.resources.get(name)
     }
 
+    /// Every resource, in configuration order.
     pub fn resources(&self) -> impl Iterator<Item = &Arc<ResourceConfig>> {
-        self.resources.values()
+        self.resource_order
+            .iter()
+            .filter_map(|n| self.resources.get(n))
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

@@ -3,6 +3,8 @@
 //!
 //! - [`free_port`], [`wait_for_port`], [`http_get`]: small networking helpers.
 //! - [`postgres::PgServer`]: a throwaway PostgreSQL cluster (`initdb` into a temp dir).
+//! - [`mariadb::MariaDbServer`]: a throwaway MariaDB server (`mariadb-install-db` into a
+//!   temp dir), serving TLS too.
 //! - [`certs::TestCerts`]: a CA and a `localhost`/`127.0.0.1` server certificate.
 //! - [`gateway::Gateway`]: the `gate-connector` binary, started with a YAML config and
 //!   stopped when dropped.
@@ -18,19 +20,25 @@
 //!   `<target>/<profile>/<name>`.
 //! - `GATE_TEST_SKIP_BUILD=1`: do not run `cargo build` before locating a binary.
 //! - `GATE_PG_BINDIR`: directory holding `initdb`, `pg_ctl`, `postgres`, `psql`.
+//! - `GATE_MARIADB_BINDIR`: directory holding `mariadbd` (or `mysqld`), `mariadb-install-db`
+//!   and the `mariadb` client (default: `PATH`, then `/usr/sbin` and friends).
 //! - `GATE_TEST_TMPDIR`: where throwaway servers put their data (default: the system temp dir).
 //! - `GATE_TEST_KEEP=1`: keep throwaway data directories after the tests, for debugging.
 
 pub mod certs;
 pub mod gateway;
+pub mod mariadb;
 pub mod postgres;
 mod watchdog;
 
 use anyhow::{Context, bail};
 use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -375,6 +383,177 @@ pub fn random_hex() -> String {
         .and_then(|mut f| f.read_exact(&mut buf))
         .expect("read /dev/urandom");
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `program` in a directory of `PATH`, if it is there.
+pub(crate) fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Runs `cmd` with `input` on stdin (none: `/dev/null`), collecting stdout and stderr, and kills
+/// it if it has not finished after `timeout`. Feeding stdin and draining the output happen on
+/// their own threads, so neither large inputs nor large outputs can deadlock.
+pub(crate) fn run_with_timeout(
+    mut cmd: Command,
+    input: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<Output> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {program}"))?;
+    let writer = match (input, child.stdin.take()) {
+        (Some(input), Some(mut stdin)) => {
+            let input = input.to_owned();
+            Some(std::thread::spawn(move || {
+                let _ = stdin.write_all(input.as_bytes());
+            }))
+        }
+        _ => None,
+    };
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().context("stdout")?));
+    let stderr = drain(Box::new(child.stderr.take().context("stderr")?));
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    let status = match rx.recv_timeout(timeout) {
+        Ok(status) => status?,
+        Err(_) => {
+            // SAFETY: kill(2) on our child, which the waiting thread has not reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            let _ = rx.recv();
+            bail!("{program} did not finish within {timeout:?}; killed");
+        }
+    };
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// stdout followed by stderr, lossily decoded.
+pub(crate) fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Where throwaway servers create their directories: `GATE_TEST_TMPDIR` or the system temp
+/// dir. When the server runs as another user every ancestor must be searchable by others, and
+/// unix socket paths are limited to 107 bytes; if either would fail, `/tmp`.
+pub(crate) fn tmp_base(other_user: bool) -> PathBuf {
+    let base = std::env::var_os("GATE_TEST_TMPDIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let searchable = |p: &Path| {
+        p.ancestors()
+            .all(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+    };
+    // <base>/gate-xxxxx-XXXXXX/<socket name of up to 20 bytes>
+    if base.as_os_str().len() > 70 || (other_user && !searchable(&base)) {
+        PathBuf::from("/tmp")
+    } else {
+        base
+    }
+}
+
+/// `None` when not root (servers run as us); else the uid/gid of the system user `name`,
+/// creating it (`useradd --system`, with `home` and `shell`) if it does not exist.
+pub(crate) fn server_user(
+    name: &str,
+    home: &str,
+    shell: &str,
+) -> anyhow::Result<Option<(u32, u32)>> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(ids) = lookup_user(name) {
+        return Ok(Some(ids));
+    }
+    let mut cmd = Command::new("useradd");
+    cmd.args(["--system", "--home-dir", home, "--shell", shell]);
+    if group_exists(name) {
+        cmd.args(["--gid", name]);
+    } else {
+        cmd.arg("--user-group");
+    }
+    let out = cmd.arg(name).output().context("cannot run useradd")?;
+    // Another process may have created it at the same time; look again either way.
+    lookup_user(name).map(Some).ok_or_else(|| {
+        anyhow::anyhow!(
+            "running as root and there is no `{name}` user; useradd failed ({}): {}",
+            out.status,
+            output_text(&out)
+        )
+    })
+}
+
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let cname = CString::new(name).ok()?;
+    // SAFETY: getpwnam_r with a zeroed passwd and a buffer we own; result checked for null.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 16 * 1024];
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        );
+        (rc == 0 && !result.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
+    }
+}
+
+fn group_exists(name: &str) -> bool {
+    let Ok(cname) = CString::new(name) else {
+        return false;
+    };
+    // SAFETY: as in lookup_user.
+    unsafe {
+        let mut grp: libc::group = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 16 * 1024];
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        let rc = libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        );
+        rc == 0 && !result.is_null()
+    }
 }
 
 #[cfg(test)]

@@ -19,8 +19,16 @@ pub struct Env {
     pub gw: Gateway,
     pub dir: TempDir,
     pub certs: TestCerts,
-    pub pg: &'static PgServer,
     pub port: u16,
+    /// The upstream's password for the `app` account, which must never leak.
+    pub upstream_password: String,
+}
+
+/// Which real server `primary-db` (and `TEST_APP_DB_PASSWORD`) refers to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    Postgres,
+    Mariadb,
 }
 
 pub struct Opts {
@@ -33,6 +41,7 @@ pub struct Opts {
     pub extra: String,
     /// `auth.oidc` as a YAML flow mapping.
     pub oidc: Option<String>,
+    pub upstream: Upstream,
 }
 
 impl Default for Opts {
@@ -43,6 +52,7 @@ impl Default for Opts {
             tls: true,
             extra: String::new(),
             oidc: None,
+            upstream: Upstream::Postgres,
         }
     }
 }
@@ -61,7 +71,26 @@ pub async fn start(opts: Opts) -> Env {
 }
 
 pub async fn try_start(opts: Opts) -> anyhow::Result<Env> {
-    let pg = PgServer::shared();
+    let (protocol, upstream_port, app_user, app_password) = match opts.upstream {
+        Upstream::Postgres => {
+            let pg = PgServer::shared();
+            (
+                "postgres",
+                pg.port(),
+                pg.app_user().to_string(),
+                pg.app_password().to_string(),
+            )
+        }
+        Upstream::Mariadb => {
+            let db = gate_test_support::mariadb::MariaDbServer::shared();
+            (
+                "mysql",
+                db.port(),
+                db.app_user().to_string(),
+                db.app_password().to_string(),
+            )
+        }
+    };
     let dir = tempfile::tempdir()?;
     let certs = TestCerts::generate(dir.path())?;
     let port = gate_test_support::free_port();
@@ -95,9 +124,9 @@ auth:
 {oidc}
 resources:
   - name: primary-db
-    protocol: postgres
+    protocol: {protocol}
     host: 127.0.0.1
-    port: {pg_port}
+    port: {upstream_port}
     database: appdb
     credentials: {{username: "{app_user}", password: "${{TEST_APP_DB_PASSWORD}}"}}
     pool: {{max_connections: 10, idle_timeout: "5m", acquire_timeout: "10s"}}
@@ -115,8 +144,6 @@ shutdown: {{drain_timeout: "3s"}}
 "#,
         alice = sha(ALICE_TOKEN),
         bob = sha(BOB_TOKEN),
-        pg_port = pg.port(),
-        app_user = pg.app_user(),
         extra_resources = opts.extra_resources,
         policy = policy_path.display(),
         extra = opts.extra,
@@ -126,15 +153,15 @@ shutdown: {{drain_timeout: "3s"}}
             .unwrap_or_default(),
     );
     let gw = Gateway::builder(yaml, dir.path())
-        .env("TEST_APP_DB_PASSWORD", pg.app_password())
+        .env("TEST_APP_DB_PASSWORD", &app_password)
         .start()
         .await?;
     Ok(Env {
         gw,
         dir,
         certs,
-        pg,
         port,
+        upstream_password: app_password,
     })
 }
 
