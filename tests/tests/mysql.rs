@@ -334,3 +334,31 @@ async fn recording_audit_and_metrics_match_the_postgres_ones() {
     everything.push_str(&env.gw.log());
     assert!(!everything.contains(ALICE_TOKEN) && !everything.contains(&env.upstream_password));
 }
+
+#[tokio::test]
+async fn upstream_ed25519_account() {
+    let db = server();
+    if !db.ed25519_available() {
+        panic!(
+            "MariaDB's auth_ed25519 plugin is not available; scripts/test-setup.sh installs a server that has it"
+        );
+    }
+    let env = start(Opts {
+        extra_resources: format!(
+            "  - {{name: ed-db, protocol: mysql, host: 127.0.0.1, port: {}, database: appdb, credentials: {{username: {}, password: \"{}\"}}}}\n",
+            db.port(),
+            db.ed_user(),
+            db.ed_password()
+        ),
+        ..mariadb()
+    })
+    .await;
+    let mut c = mysql_async::Conn::new(env.my_opts("alice", ALICE_TOKEN, "ed-db"))
+        .await
+        .unwrap();
+    let user: Option<String> = c.query_first("SELECT CURRENT_USER()").await.unwrap();
+    assert!(
+        user.unwrap().starts_with(db.ed_user()),
+        "logged in upstream as the ed25519 account"
+    );
+}

@@ -230,7 +230,10 @@ impl Upstream {
                         .map_err(|e| UpstreamError::Protocol(format!("bad auth switch: {e}")))?;
                     plugin = sw.auth_plugin().as_bytes().to_vec();
                     nonce = sw.plugin_data().to_vec();
-                    if nonce.last() == Some(&0) {
+                    // Native and caching_sha2 nonces are 20 bytes plus a NUL; ed25519's are
+                    // 32 raw bytes that may themselves end in zero.
+                    let expected = if plugin == b"client_ed25519" { 32 } else { 20 };
+                    if nonce.len() == expected + 1 && nonce.last() == Some(&0) {
                         nonce.pop();
                     }
                     let resp = scramble(&plugin, &nonce, password)?;
@@ -303,9 +306,41 @@ fn scramble(plugin: &[u8], nonce: &[u8], password: &[u8]) -> Result<Vec<u8>, Ups
                 .map(|s| s.to_vec())
                 .unwrap_or_default())
         }
+        b"client_ed25519" => {
+            use mysql_common::auth::plugins::client_ed25519::ClientEd25519;
+            use mysql_common::auth::plugins::{ChallengeResponsePlugin, Response};
+            match ClientEd25519::default().run(PasswordContext(password), nonce) {
+                Ok(Response::Last { packet: Some(p) }) | Ok(Response::Next { packet: Some(p) }) => {
+                    Ok(p)
+                }
+                Ok(_) => Ok(Vec::new()),
+                Err(e) => Err(UpstreamError::Auth(format!("client_ed25519: {e}"))),
+            }
+        }
         other => Err(UpstreamError::Auth(format!(
             "upstream asks for authentication plugin {:?}, which the gateway does not support for upstream logins",
             String::from_utf8_lossy(other)
         ))),
+    }
+}
+
+/// What mysql_common's challenge/response plugins need to know: only the password here.
+struct PasswordContext<'a>(&'a [u8]);
+
+impl mysql_common::auth::plugins::Context for PasswordContext<'_> {
+    fn pass(&self) -> &[u8] {
+        self.0
+    }
+    fn is_ipc_transport(&self) -> bool {
+        false
+    }
+    fn is_tls_transport(&self) -> bool {
+        false
+    }
+    fn scramble(&self) -> &[u8] {
+        &[]
+    }
+    fn server_key_pem(&self) -> Option<&[u8]> {
+        None
     }
 }
