@@ -16,20 +16,19 @@ pub mod upstream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use gate_core::Protocol;
 use gate_core::config::ResourceConfig;
+use gate_pipeline::net::ClientStream;
 use gate_pipeline::{ClientInfo, Pipeline, Pool, PoolError, PooledConn};
 use mysql_common::constants::CapabilityFlags;
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::{HandshakePacket, HandshakeResponse};
 use mysql_common::proto::MySerialize;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -49,102 +48,6 @@ pub struct MysqlHandler {
     /// Pools per (resource, capabilities, collation): a pooled connection always speaks the
     /// dialect its next client negotiated.
     pools: Mutex<HashMap<(String, u32, u8), Pool<Upstream>>>,
-}
-
-enum ClientStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<Prefixed>>),
-    /// Only while the TCP stream is handed to the TLS acceptor.
-    Upgrading,
-}
-
-/// A TCP stream that first yields bytes already read from it. A MySQL client sends its TLS
-/// ClientHello right after the SSLRequest, without waiting for an answer, so those bytes may
-/// already sit in the login buffer when the TLS handshake starts.
-struct Prefixed {
-    prefix: BytesMut,
-    inner: TcpStream,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-fn upgrading() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::NotConnected,
-        "stream is being upgraded to TLS",
-    )
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Upgrading => Poll::Ready(Err(upgrading())),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Upgrading => Poll::Ready(Err(upgrading())),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Upgrading => Poll::Ready(Err(upgrading())),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Upgrading => Poll::Ready(Err(upgrading())),
-        }
-    }
 }
 
 /// A connection in the login phase: the stream, its read buffer and the next sequence id.
@@ -333,14 +236,10 @@ impl MysqlHandler {
             ));
             if req_caps.contains(CapabilityFlags::CLIENT_SSL) {
                 let acceptor = self.tls.as_ref()?;
-                let ClientStream::Plain(tcp) =
-                    std::mem::replace(&mut conn.stream, ClientStream::Upgrading)
-                else {
-                    return None;
-                };
                 let prefix = std::mem::take(&mut conn.buf);
-                conn.stream = match acceptor.accept(Prefixed { prefix, inner: tcp }).await {
-                    Ok(s) => ClientStream::Tls(Box::new(s)),
+                let plain = std::mem::replace(&mut conn.stream, ClientStream::Upgrading);
+                conn.stream = match plain.upgrade(acceptor, prefix).await {
+                    Ok(s) => s,
                     Err(e) => {
                         tracing::debug!(error = %e, "TLS handshake failed");
                         return None;
@@ -472,13 +371,9 @@ impl MysqlHandler {
         drop(token);
         let Some(resource) = self
             .pipeline
-            .resource(&resource_name)
-            .filter(|r| r.protocol == Protocol::Mysql)
-            .cloned()
+            .resolve_resource(&client, &user, &resource_name)
+            .await
         else {
-            self.pipeline
-                .audit_refused(&client, Some(&user), "unknown resource")
-                .await;
             conn.refuse(
                 1049,
                 "42000",

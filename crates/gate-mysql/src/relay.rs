@@ -19,7 +19,8 @@ use tokio::io::AsyncWriteExt;
 use crate::packet::{self, Packet, PacketError};
 use crate::rows;
 use crate::upstream::{MAX_UPSTREAM_PACKET, Upstream};
-use crate::{ClientCaps, ClientStream, MysqlHandler};
+use crate::{ClientCaps, MysqlHandler};
+use gate_pipeline::net::ClientStream;
 
 const MAX_CLIENT_PACKET: usize = 256 << 20;
 

@@ -59,17 +59,12 @@ pub struct Upstream {
 }
 
 async fn tcp(resource: &ResourceConfig) -> Result<TcpStream, UpstreamError> {
-    let addr = format!("{}:{}", resource.host, resource.port);
-    let err = |source| UpstreamError::Connect {
-        addr: addr.clone(),
-        source,
-    };
-    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+    gate_pipeline::net::connect_upstream(&resource.host, resource.port, CONNECT_TIMEOUT)
         .await
-        .map_err(|_| err(std::io::ErrorKind::TimedOut.into()))?
-        .map_err(err)?;
-    s.set_nodelay(true).ok();
-    Ok(s)
+        .map_err(|source| UpstreamError::Connect {
+            addr: format!("{}:{}", resource.host, resource.port),
+            source,
+        })
 }
 
 fn parse_greeting(payload: &[u8]) -> Result<HandshakePacket<'_>, UpstreamError> {

@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod auth;
 pub mod metrics;
+pub mod net;
 pub mod pool;
 mod session;
 
@@ -165,6 +166,26 @@ impl Pipeline {
                 ..AuditEvent::new(AuditKind::AuthFailure)
             })
             .await;
+    }
+
+    /// The resource a client named, if it exists and speaks the client's protocol. A miss is
+    /// audited (after authentication, so names are not revealed to strangers).
+    pub async fn resolve_resource(
+        &self,
+        client: &ClientInfo,
+        user: &str,
+        name: &str,
+    ) -> Option<Arc<ResourceConfig>> {
+        let found = self
+            .resources
+            .get(name)
+            .filter(|r| r.protocol == client.protocol)
+            .cloned();
+        if found.is_none() {
+            self.audit_refused(client, Some(user), "unknown resource")
+                .await;
+        }
+        found
     }
 
     pub fn masker(&self) -> &Masker {

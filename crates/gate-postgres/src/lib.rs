@@ -19,16 +19,15 @@ pub mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use gate_core::Protocol;
 use gate_core::config::ResourceConfig;
+use gate_pipeline::net::ClientStream;
 use gate_pipeline::{ClientInfo, Pipeline, Pool, PoolError, PooledConn, Session};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -59,50 +58,6 @@ type ServerParams = Arc<Vec<(String, String)>>;
 struct CancelTarget {
     secret: i32,
     upstream: Option<(SocketAddr, i32, i32)>,
-}
-
-/// The client side: plain TCP, or TLS after an SSLRequest.
-enum ClientStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
 }
 
 /// What the startup phase produced.
@@ -202,16 +157,13 @@ impl PostgresHandler {
                         continue;
                     };
                     client.write_all(b"S").await.ok()?;
-                    let ClientStream::Plain(tcp) = client else {
-                        return None;
-                    };
-                    match acceptor.accept(tcp).await {
-                        Ok(s) => client = ClientStream::Tls(Box::new(s)),
+                    client = match client.upgrade(acceptor, BytesMut::new()).await {
+                        Ok(c) => c,
                         Err(e) => {
                             tracing::debug!(error = %e, "TLS handshake failed");
                             return None;
                         }
-                    }
+                    };
                     tls = true;
                 }
                 wire::GSSENC_REQUEST if !tls => {
@@ -389,13 +341,9 @@ impl PostgresHandler {
         drop(password);
         let Some(resource) = self
             .pipeline
-            .resource(&resource_name)
-            .filter(|r| r.protocol == Protocol::Postgres)
-            .cloned()
+            .resolve_resource(&info, &user, &resource_name)
+            .await
         else {
-            self.pipeline
-                .audit_refused(&info, Some(&user), "unknown resource")
-                .await;
             refuse(&mut client, "3D000", &format!("database \"{resource_name}\" does not exist (no PostgreSQL resource of that name in Gate)")).await;
             return;
         };

@@ -53,11 +53,10 @@ impl Upstream {
             addr: target.clone(),
             source,
         };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target))
-            .await
-            .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))?
-            .map_err(connect_err)?;
-        stream.set_nodelay(true).ok();
+        let stream =
+            gate_pipeline::net::connect_upstream(&resource.host, resource.port, CONNECT_TIMEOUT)
+                .await
+                .map_err(connect_err)?;
         let addr = stream.peer_addr().map_err(connect_err)?;
         let mut up = Upstream {
             stream,
