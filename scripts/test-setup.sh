@@ -5,7 +5,11 @@
 # - MariaDB server and client programs (mariadb-install-db, mariadbd, mariadb), and the
 #   `mysql` system user;
 # - the client libraries the MariaDB end-to-end tests drive: PyMySQL for `python3`, MariaDB
-#   Connector/J (and a Java runtime), and node's mysql2 in tests/node/.
+#   Connector/J (and a Java runtime), and node's mysql2 in tests/node/;
+# - moto's S3 server (`moto_server`, from `pip install 'moto[server]'`): no real S3 is
+#   reachable from the tests, so the S3 recording tests run this documented in-memory mock of
+#   the S3 API instead. Into a venv under .data/ when python3 is an externally managed system
+#   Python (Debian's), where pip refuses to install.
 # Idempotent: on a machine that already has everything it only reports what it found.
 # Debian/Ubuntu; needs root (or passwordless sudo) only when something must be installed.
 set -euo pipefail
@@ -59,6 +63,30 @@ find_prog() {
       fi
     done
   done
+  return 1
+}
+
+# Whether python3 is an externally managed system Python (PEP 668: pip refuses to install
+# into it), like Debian's.
+python_externally_managed() {
+  python3 -c 'import os, sys, sysconfig
+sys.exit(0 if sys.prefix == "/usr" and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)' 2>/dev/null
+}
+
+# moto's S3 server, as gate-test-support looks for it: GATE_MOTO_SERVER, the venv this script
+# makes for an externally managed python3, `moto_server` on PATH, then python3's moto module.
+# One that does not start (moto without its [server] extras) does not count.
+moto_venv=.data/moto-venv
+find_moto() {
+  local p
+  for p in "${GATE_MOTO_SERVER:-}" "$moto_venv/bin/moto_server" "$(command -v moto_server 2>/dev/null || true)"; do
+    if [ -n "$p" ] && [ -x "$p" ] && "$p" --help >/dev/null 2>&1; then
+      echo "$p"; return 0
+    fi
+  done
+  if command -v python3 >/dev/null 2>&1 && python3 -m moto.server --help >/dev/null 2>&1; then
+    echo "python3 -m moto.server"; return 0
+  fi
   return 1
 }
 
@@ -118,9 +146,15 @@ fi
 # --- Python: PyMySQL, from Debian when python3 is the system one (PEP 668 forbids pip there;
 # otherwise pip installs it below) ---
 if command -v python3 >/dev/null 2>&1 && ! python3 -c 'import pymysql' >/dev/null 2>&1 \
-  && python3 -c 'import os, sys, sysconfig
-sys.exit(0 if sys.prefix == "/usr" and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)' 2>/dev/null; then
+  && python_externally_managed; then
   add_missing python3-pymysql
+fi
+
+# --- Python: moto's venv needs `python3 -m venv`, which on Debian needs python3-venv (it
+# ships ensurepip) ---
+if command -v python3 >/dev/null 2>&1 && ! find_moto >/dev/null && python_externally_managed \
+  && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+  add_missing python3-venv
 fi
 
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -186,6 +220,26 @@ else
   PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check PyMySQL
   python3 -c 'import pymysql' || { say "PyMySQL installed but python3 still cannot import it"; exit 1; }
   say "installed: PyMySQL $(python3 -c 'import pymysql; print(pymysql.__version__)')"
+fi
+
+# --- Python: moto's S3 server (moto[server]), the local stand-in for S3 ---
+if moto=$(find_moto); then
+  say "moto_server: found ($moto)"
+elif ! command -v python3 >/dev/null 2>&1; then
+  say "python3: not found; the S3 recording tests need moto_server (pip install 'moto[server]')"
+  exit 1
+elif python_externally_managed; then
+  say "moto_server: missing -> python3 -m venv $moto_venv; pip install 'moto[server]' there"
+  mkdir -p "$(dirname "$moto_venv")"
+  [ -x "$moto_venv/bin/python" ] || python3 -m venv "$moto_venv"
+  "$moto_venv/bin/python" -m pip install --quiet --disable-pip-version-check 'moto[server]'
+  moto=$(find_moto) || { say "moto[server] installed but $moto_venv/bin/moto_server does not start"; exit 1; }
+  say "installed: moto $("$moto_venv/bin/python" -c 'import moto; print(moto.__version__)') in $moto_venv"
+else
+  say "moto_server: missing -> python3 -m pip install 'moto[server]'"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
+  moto=$(find_moto) || { say "moto[server] installed but neither moto_server nor python3 -m moto.server starts"; exit 1; }
+  say "installed: moto $(python3 -c 'import moto; print(moto.__version__)') ($moto)"
 fi
 
 # --- Node: mysql2 in tests/node/ (a project-local install; node_modules is not committed) ---

@@ -1,11 +1,13 @@
 //! Test support for Gate's end-to-end tests: real upstream servers on free ports, TLS
 //! material, and the real `gate-connector` binary, all started by the tests themselves.
 //!
-//! - [`free_port`], [`wait_for_port`], [`http_get`]: small networking helpers.
+//! - [`free_port`], [`wait_for_port`], [`http_get`], [`http_request`]: small networking
+//!   helpers.
 //! - [`postgres::PgServer`]: a throwaway PostgreSQL cluster (`initdb` into a temp dir).
 //! - [`mariadb::MariaDbServer`]: a throwaway MariaDB server (`mariadb-install-db` into a
 //!   temp dir), serving TLS too.
 //! - [`certs::TestCerts`]: a CA and a `localhost`/`127.0.0.1` server certificate.
+//! - [`s3::S3Server`]: a local S3-compatible server (moto) for object-store recordings.
 //! - [`gateway::Gateway`]: the `gate-connector` binary, started with a YAML config and
 //!   stopped when dropped.
 //! - [`cargo_bin`]: the path of a workspace binary, built on demand.
@@ -22,6 +24,9 @@
 //! - `GATE_PG_BINDIR`: directory holding `initdb`, `pg_ctl`, `postgres`, `psql`.
 //! - `GATE_MARIADB_BINDIR`: directory holding `mariadbd` (or `mysqld`), `mariadb-install-db`
 //!   and the `mariadb` client (default: `PATH`, then `/usr/sbin` and friends).
+//! - `GATE_MOTO_SERVER`: the `moto_server` program to run for [`s3::S3Server`] (default:
+//!   `.data/moto-venv/bin/moto_server` in the workspace, then `PATH`, then
+//!   `python3 -m moto.server`).
 //! - `GATE_TEST_TMPDIR`: where throwaway servers put their data (default: the system temp dir).
 //! - `GATE_TEST_KEEP=1`: keep throwaway data directories after the tests, for debugging.
 
@@ -29,6 +34,7 @@ pub mod certs;
 pub mod gateway;
 pub mod mariadb;
 pub mod postgres;
+pub mod s3;
 mod watchdog;
 
 use anyhow::{Context, bail};
@@ -106,7 +112,10 @@ pub struct HttpResponse {
     pub status: u16,
     /// Header lines as sent, names lower-cased.
     pub headers: Vec<(String, String)>,
+    /// The body, lossily decoded.
     pub body: String,
+    /// The body as received (after de-chunking).
+    pub body_bytes: Vec<u8>,
 }
 
 impl HttpResponse {
@@ -122,17 +131,48 @@ impl HttpResponse {
 /// A minimal HTTP/1.1 `GET` (with `Connection: close`), for health, readiness and metrics
 /// endpoints. Handles `Content-Length`, chunked and read-to-close bodies. 10 s timeout.
 pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<HttpResponse> {
-    tokio::time::timeout(Duration::from_secs(10), http_get_inner(addr, path))
-        .await
-        .with_context(|| format!("GET http://{addr}{path} timed out"))?
-        .with_context(|| format!("GET http://{addr}{path}"))
+    http_request(addr, "GET", path, &[], &[]).await
 }
 
-async fn http_get_inner(addr: &str, path: &str) -> anyhow::Result<HttpResponse> {
+/// A minimal HTTP/1.1 request of any method (with `Connection: close`), with extra header
+/// lines and a body (`Content-Length` is sent for every method but `GET` and `HEAD`, or when
+/// there is a body). Responses are read as by [`http_get`]. 10 s timeout.
+pub async fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<HttpResponse> {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        http_request_inner(addr, method, path, headers, body),
+    )
+    .await
+    .with_context(|| format!("{method} http://{addr}{path} timed out"))?
+    .with_context(|| format!("{method} http://{addr}{path}"))
+}
+
+async fn http_request_inner(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<HttpResponse> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !body.is_empty() || !matches!(method, "GET" | "HEAD") {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).await?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;
     parse_http_response(&raw)
@@ -169,6 +209,7 @@ fn parse_http_response(raw: &[u8]) -> anyhow::Result<HttpResponse> {
         status,
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
+        body_bytes: body,
     })
 }
 

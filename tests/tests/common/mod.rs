@@ -42,6 +42,11 @@ pub struct Opts {
     /// `auth.oidc` as a YAML flow mapping.
     pub oidc: Option<String>,
     pub upstream: Upstream,
+    /// The whole `recording:` line (e.g. `recording: {url: "s3://bucket/prefix"}`);
+    /// `None` = `recording: {dir: .data/recordings}`.
+    pub recording: Option<String>,
+    /// Extra environment variables for the gateway process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Opts {
@@ -53,6 +58,8 @@ impl Default for Opts {
             extra: String::new(),
             oidc: None,
             upstream: Upstream::Postgres,
+            recording: None,
+            env: Vec::new(),
         }
     }
 }
@@ -135,7 +142,7 @@ policies:
   - {{path: "{policy}", stage: session}}
   - {{path: "{policy}", stage: pre_request}}
   - {{path: "{policy}", stage: post_request}}
-recording: {{dir: .data/recordings}}
+{recording}
 audit: {{file: .data/audit.jsonl}}
 logging: {{level: debug, format: json}}
 masking: {{hash_key: "test-hash-key"}}
@@ -147,15 +154,19 @@ shutdown: {{drain_timeout: "3s"}}
         extra_resources = opts.extra_resources,
         policy = policy_path.display(),
         extra = opts.extra,
+        recording = opts
+            .recording
+            .unwrap_or_else(|| "recording: {dir: .data/recordings}".to_string()),
         oidc = opts
             .oidc
             .map(|o| format!("  oidc: {o}"))
             .unwrap_or_default(),
     );
-    let gw = Gateway::builder(yaml, dir.path())
-        .env("TEST_APP_DB_PASSWORD", &app_password)
-        .start()
-        .await?;
+    let mut builder = Gateway::builder(yaml, dir.path()).env("TEST_APP_DB_PASSWORD", &app_password);
+    for (k, v) in &opts.env {
+        builder = builder.env(k, v);
+    }
+    let gw = builder.start().await?;
     Ok(Env {
         gw,
         dir,
