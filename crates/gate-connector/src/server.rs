@@ -198,7 +198,7 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
     handlers.postgres.close_idle();
     handlers.mysql.close_idle();
     recordings.shutdown().await;
-    audit.flush().await;
+    audit.close().await;
     drop(audit);
     drop(handlers);
     drop(pipeline);

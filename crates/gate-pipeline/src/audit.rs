@@ -87,6 +87,8 @@ impl AuditSink for MemorySink {
 enum Msg {
     Event(Box<AuditEvent>),
     Flush(oneshot::Sender<()>),
+    /// Write everything before this, then stop (shutdown, whoever still holds a handle).
+    Close,
 }
 
 /// Handle sessions use to emit events. Cheap to clone.
@@ -123,6 +125,12 @@ impl AuditLog {
         }
     }
 
+    /// Writes everything emitted so far and stops the writer, even while other handles
+    /// exist (shutdown). Events emitted afterwards are logged, not written.
+    pub async fn close(&self) {
+        let _ = self.tx.send(Msg::Close).await;
+    }
+
     /// Waits until every event emitted before this call has been written.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
@@ -149,14 +157,16 @@ impl AuditWriter {
 fn writer_loop(mut sink: impl AuditSink, mut rx: mpsc::Receiver<Msg>) {
     let mut batch: Vec<AuditEvent> = Vec::with_capacity(BATCH);
     let mut waiters = Vec::new();
+    let mut closing = false;
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Event(e) => batch.push(*e),
                 Msg::Flush(done) => waiters.push(done),
+                Msg::Close => closing = true,
             }
-            if batch.len() < BATCH {
+            if batch.len() < BATCH && !closing {
                 next = rx.try_recv().ok();
             }
         }
@@ -173,6 +183,9 @@ fn writer_loop(mut sink: impl AuditSink, mut rx: mpsc::Receiver<Msg>) {
         }
         for w in waiters.drain(..) {
             let _ = w.send(());
+        }
+        if closing {
+            return;
         }
     }
 }
@@ -218,6 +231,24 @@ mod tests {
         assert_eq!(got, ids);
         drop(log);
         writer.join().await;
+    }
+
+    #[tokio::test]
+    async fn close_stops_the_writer_while_handles_remain() {
+        let mem = MemorySink::default();
+        let (log, writer) = AuditLog::start(mem.clone(), 8);
+        let other_handle = log.clone();
+        log.emit(AuditEvent::new(AuditKind::SessionEnd)).await;
+        log.close().await;
+        tokio::time::timeout(std::time::Duration::from_secs(5), writer.join())
+            .await
+            .expect("writer stops on close although a handle is alive");
+        assert_eq!(
+            mem.0.lock().unwrap().len(),
+            1,
+            "events before close are written"
+        );
+        drop(other_handle);
     }
 
     #[tokio::test]
