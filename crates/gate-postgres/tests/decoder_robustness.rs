@@ -525,6 +525,47 @@ fn masking_strategies_follow_their_definitions() {
     }
 }
 
+/// A statement that both dialects parse, with a literal holding a `;` now and then.
+fn gen_statement(rng: &mut Rng) -> String {
+    let table = *rng.pick(&["t", "accounts", "s.t", "\"Mixed\"", "ACCOUNTS"]);
+    let literal = *rng.pick(&["1", "'x;y'", "'é'", "NULL", "'--'", "'/*'"]);
+    match rng.below(8) {
+        0 => format!("SELECT a, b FROM {table} WHERE a = {literal}"),
+        1 => format!("DELETE FROM {table} WHERE a = {literal}"),
+        2 => format!("INSERT INTO {table} VALUES ({literal})"),
+        3 => format!("UPDATE {table} SET a = {literal}"),
+        4 => format!("DROP TABLE {table}"),
+        5 => format!("SELECT * FROM {table} JOIN u ON {table}.id = u.id"),
+        6 => format!("TRUNCATE {table}"),
+        _ => format!("SELECT {literal}"),
+    }
+}
+
+#[test]
+fn sql_statements_are_their_own_slices() {
+    let mut rng = Rng::new(0x6A7E_0007);
+    for _ in 0..1_500 {
+        let segments: Vec<String> = (0..1 + rng.below(4))
+            .map(|_| {
+                let lead = *rng.pick(&["", " ", "\n  ", "/* c */ ", "-- c\n"]);
+                format!("{lead}{}", gen_statement(&mut rng))
+            })
+            .collect();
+        let end = *rng.pick(&["", ";", " ; ", ";\n-- done\n"]);
+        let sql = format!("{}{end}", segments.join(";"));
+        harness::sql_facts(sql.as_bytes());
+        for dialect in [gate_sql::SqlDialect::Postgres, gate_sql::SqlDialect::Mysql] {
+            let facts = gate_sql::analyze(&sql, dialect);
+            let statements: Vec<&str> = facts.iter().map(|f| f.statement.as_str()).collect();
+            let expected: Vec<&str> = segments.iter().map(|s| s.trim()).collect();
+            assert_eq!(statements, expected, "{dialect:?}: {sql:?}");
+        }
+        for _ in 0..4 {
+            harness::sql_facts(&mutate(&mut rng, sql.as_bytes()));
+        }
+    }
+}
+
 #[test]
 fn sql_text_facts_are_slices_of_the_input() {
     let mut rng = Rng::new(0x6A7E_0006);
@@ -586,7 +627,8 @@ fn sql_text_facts_are_slices_of_the_input() {
     for i in 0..2_500 {
         let mut sql = String::new();
         for _ in 0..rng.below(14) {
-            sql.push_str(*rng.pick(&tokens));
+            let token: &&str = rng.pick(&tokens);
+            sql.push_str(token);
             if rng.chance(2) {
                 sql.push(' ');
             }

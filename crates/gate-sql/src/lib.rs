@@ -23,7 +23,7 @@ use sqlparser::ast::{
 };
 use sqlparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect};
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Location, Token};
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 /// Which server's SQL the text is written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,7 +58,8 @@ impl SqlDialect {
 ///   trail except separators and whitespace (and comments after the last `;`).
 /// - Empty, whitespace-only and comment-only text gives an empty `Vec`.
 /// - Text the parser rejects (anywhere, in any statement) gives exactly one fact of type
-///   [`QueryType::Unknown`] with the whole text, trimmed, and no tables.
+///   [`QueryType::Unknown`] with the whole text, trimmed, and no tables. So does text of more
+///   than 2^20 tokens (whitespace included), which is not parsed at all.
 /// - `tables` lists every relation the statement touches, in order of first appearance,
 ///   deduplicated; schema-qualified when the client qualified it. Quotes are removed and, for
 ///   PostgreSQL, unquoted identifiers are folded to lower case as the server does, so
@@ -90,11 +91,49 @@ pub fn analyze(sql: &str, dialect: SqlDialect) -> Vec<QueryFacts> {
     })
 }
 
-/// `None` means "the parser rejected the text".
+/// Texts of at most this many tokens are analyzed on the caller's stack.
+const INLINE_TOKENS: usize = 8 * 1024;
+/// Stack reserved per token for larger texts (the most measured is ~50 bytes, debug build).
+const STACK_PER_TOKEN: usize = 128;
+/// Texts of more tokens than this are not parsed: one `unknown` fact (fail closed).
+const MAX_TOKENS: usize = 1 << 20;
+
+/// `None` means "the parser rejected the text" (or it is too large to parse, see below).
+///
+/// sqlparser parses operator chains (`1+1+…`, `a[1][1]…`, `… UNION SELECT …`, `a::t::t…`)
+/// iteratively, but dropping and visiting the resulting tree recurse once per level, about one
+/// level per two tokens: ~65k tokens overflow a 2 MiB thread stack, which aborts the whole
+/// process. The token count bounds the depth, so a text too large to be safe on the caller's
+/// stack is analyzed on a thread whose stack is sized from it.
 fn analyze_inner(sql: &str, dialect: SqlDialect) -> Option<Vec<QueryFacts>> {
-    let mut parser = Parser::new(dialect.parser_dialect())
-        .try_with_sql(sql)
+    let tokens = Tokenizer::new(dialect.parser_dialect(), sql)
+        .tokenize_with_location()
         .ok()?;
+    if tokens.len() <= INLINE_TOKENS {
+        return analyze_tokens(sql, dialect, tokens);
+    }
+    if tokens.len() > MAX_TOKENS {
+        return None;
+    }
+    let stack = (1 << 20) + tokens.len() * STACK_PER_TOKEN;
+    std::thread::scope(|scope| {
+        let analysis = std::thread::Builder::new()
+            .name("gate-sql-analyze".into())
+            .stack_size(stack)
+            .spawn_scoped(scope, || analyze_tokens(sql, dialect, tokens))
+            .ok()?;
+        analysis
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn analyze_tokens(
+    sql: &str,
+    dialect: SqlDialect,
+    tokens: Vec<TokenWithSpan>,
+) -> Option<Vec<QueryFacts>> {
+    let mut parser = Parser::new(dialect.parser_dialect()).with_tokens_with_locations(tokens);
     let mut positions = PositionCursor::new(sql);
     let mut facts = Vec::new();
     // Byte offset where the next statement's text begins: just after the previous `;`.
@@ -503,5 +542,43 @@ impl<'a> PositionCursor<'a> {
             }
         }
         ((self.line, self.column) == (target.line, target.column)).then_some(self.byte)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by fuzzing (`fuzz/`, target `sql_facts`): long operator chains built deep trees
+    /// whose drop overflowed the stack and aborted the process. Test threads have 2 MiB
+    /// stacks, like tokio's workers, so without the fix this test aborts the test binary.
+    #[test]
+    fn long_operator_chains_do_not_overflow_the_stack() {
+        let chains = [
+            format!("SELECT 1{}", "+1".repeat(25_000)),
+            format!("SELECT a{}", "[1]".repeat(25_000)),
+            format!("SELECT 1{}", " UNION SELECT 1".repeat(25_000)),
+            format!("SELECT 1 FROM t WHERE a{}", " AND a".repeat(25_000)),
+        ];
+        for sql in &chains {
+            for dialect in [SqlDialect::Postgres, SqlDialect::Mysql] {
+                let facts = analyze(sql, dialect);
+                assert_eq!(facts.len(), 1);
+                assert_eq!(facts[0].statement, sql.trim());
+            }
+        }
+        assert_eq!(
+            analyze(&chains[0], SqlDialect::Postgres)[0].query_type,
+            QueryType::Select
+        );
+    }
+
+    #[test]
+    fn texts_beyond_the_token_limit_are_unknown() {
+        let sql = format!("{}SELECT 1", " ".repeat(MAX_TOKENS));
+        let facts = analyze(&sql, SqlDialect::Postgres);
+        assert_eq!(facts.len(), 1);
+        assert_eq!(facts[0].query_type, QueryType::Unknown);
+        assert_eq!(facts[0].statement, "SELECT 1");
     }
 }
