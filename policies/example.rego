@@ -14,8 +14,9 @@
 # Anything else, and any evaluation error, blocks the request (Gate fails closed).
 #
 # Input: input.user.{sub,name,email,groups}, input.resource.{name,protocol,database},
-# input.session.{id,client_addr}, input.query.{type,statement,tables} (pre/post_request on
-# SQL), input.columns[_].name (post_request).
+# input.session.{id,client_addr}, input.query.{type,statement,tables} (pre_request on SQL),
+# input.query.{type,tables} and input.columns[_].name (post_request: planned once per result
+# shape, so it does not see the statement text).
 package formal.v2
 
 import rego.v1

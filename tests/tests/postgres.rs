@@ -994,3 +994,51 @@ async fn oidc_keys_are_fetched_from_a_jwks_url() {
         "keys are cached after the first fetch"
     );
 }
+
+#[tokio::test]
+async fn a_policy_reload_reaches_live_sessions_and_their_cached_plans() {
+    let lenient = r#"package gate.reload
+import rego.v1
+session := true
+pre_request := true
+post_request := true
+"#;
+    let mut env = start(Opts {
+        policy: Some(lenient.into()),
+        ..example()
+    })
+    .await;
+    let c = env.connect_alice().await;
+    let email = |rows: Vec<tokio_postgres::SimpleQueryMessage>| {
+        rows.into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let q = "SELECT email FROM users WHERE id = 1";
+    assert_eq!(email(c.simple_query(q).await.unwrap()), "alice@example.com");
+    assert_eq!(
+        email(c.simple_query(q).await.unwrap()),
+        "alice@example.com",
+        "cached plan"
+    );
+
+    // Swap in the masking policy and reload: the same session now gets masked results.
+    let strict = std::fs::read_to_string(repo_root().join("policies/example.rego")).unwrap();
+    std::fs::write(env.dir.path().join("policy.rego"), strict).unwrap();
+    env.gw.signal(libc::SIGHUP).unwrap();
+    gate_test_support::wait_until(
+        "reloaded policy applies",
+        Duration::from_secs(20),
+        || async {
+            let e = email(c.simple_query(q).await.ok()?);
+            e.contains('*').then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let err = c.simple_query("DROP TABLE users").await.unwrap_err();
+    assert_eq!(db_error(&err).0, "42501");
+}

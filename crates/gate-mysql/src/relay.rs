@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use gate_core::config::ResourceConfig;
 use gate_core::{Action, ColumnFacts, Decision, QueryFacts, QueryType};
 use gate_enforcement::MaskPlan;
-use gate_pipeline::{PooledConn, RequestOutcome, Session};
+use gate_pipeline::{PooledConn, RequestOutcome, Session, ShapeCache, shape_key};
 use gate_sql::SqlDialect;
 use mysql_common::constants::CapabilityFlags;
 use tokio::io::AsyncWriteExt;
@@ -76,6 +76,7 @@ struct Relay<'a> {
     scratch: Vec<u8>,
     /// False after anything that leaves the upstream in an unknown state.
     clean: bool,
+    shapes: ShapeCache<Arc<Shape>>,
 }
 
 enum Flow {
@@ -114,6 +115,7 @@ pub(crate) async fn run(
         row: Vec::new(),
         scratch: Vec::new(),
         clean: true,
+        shapes: ShapeCache::new(),
     };
     let shutdown = handler.pipeline.shutdown_signal();
     tokio::pin!(shutdown);
@@ -616,17 +618,28 @@ impl Relay<'_> {
                 _ => {
                     let (count, _) = packet::lenenc_int(&first.payload)
                         .ok_or(PacketError::Invalid("column count"))?;
-                    let mut defs = Vec::with_capacity(count as usize);
                     let mut held = vec![first.payload];
                     for _ in 0..count {
-                        let p = self.read_upstream().await?;
-                        defs.push(packet::parse_column_def(&p.payload)?);
-                        held.push(p.payload);
+                        held.push(self.read_upstream().await?.payload);
                     }
+                    // One plan per result shape (the column definitions) and kind of query.
+                    let defs_bytes = &held[1..=count as usize];
+                    let key = shape_key(defs_bytes.iter().map(|d| &d[..]), Some(facts));
+                    let shape = match self.shapes.get(self.session, key) {
+                        Some(shape) => shape,
+                        None => {
+                            let defs = defs_bytes
+                                .iter()
+                                .map(|d| packet::parse_column_def(d))
+                                .collect::<Result<Vec<_>, _>>()?;
+                            let shape = self.plan(facts, &defs).await;
+                            self.shapes.insert(self.session, key, shape.clone());
+                            shape
+                        }
+                    };
                     if !self.deprecate_eof {
                         held.push(self.read_upstream().await?.payload);
                     }
-                    let shape = self.plan(facts, &defs).await;
                     if refused.is_none() && shape.refused.is_none() {
                         for p in &held {
                             self.queue(p);

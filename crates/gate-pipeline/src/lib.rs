@@ -35,12 +35,14 @@ pub use audit::{AuditLog, AuditSink};
 pub use auth::{AuthError, Authenticator};
 pub use metrics::Metrics;
 pub use pool::{Pool, PoolError, PooledConn};
-pub use session::{RequestOutcome, Session, SessionDenied};
+pub use session::{RequestOutcome, Session, SessionDenied, ShapeCache, shape_key};
 
 /// Everything a handler needs, shared by all sessions of all protocols.
 pub struct Pipeline {
     auth: Authenticator,
     policies: ArcSwap<PolicySet>,
+    /// Bumped on every policy swap, so caches of policy results know they are stale.
+    policy_generation: std::sync::atomic::AtomicU64,
     audit: AuditLog,
     recordings: Recordings,
     metrics: Arc<Metrics>,
@@ -76,6 +78,7 @@ impl Pipeline {
         Arc::new(Pipeline {
             auth: parts.auth,
             policies: ArcSwap::from_pointee(parts.policies),
+            policy_generation: std::sync::atomic::AtomicU64::new(0),
             audit: parts.audit,
             recordings: parts.recordings,
             metrics: parts.metrics,
@@ -117,6 +120,12 @@ impl Pipeline {
     /// Swaps in a new policy snapshot; sessions see it from their next request on.
     pub fn replace_policies(&self, policies: PolicySet) {
         self.policies.store(Arc::new(policies));
+        self.policy_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes whenever the policies are replaced.
+    pub fn policy_generation(&self) -> u64 {
+        self.policy_generation.load(Ordering::Acquire)
     }
 
     pub(crate) fn policies(&self) -> arc_swap::Guard<Arc<PolicySet>> {

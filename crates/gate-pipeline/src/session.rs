@@ -1,5 +1,6 @@
 //! One client session: identity, resource, recorder and counters, and the per-request hooks.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,11 +37,78 @@ struct SessionInput<'a> {
 
 /// What one request adds to the session's input.
 #[derive(Serialize)]
-struct RequestInput<'a> {
+struct RequestInput<'a, Q: Serialize> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    query: Option<&'a QueryFacts>,
+    query: Option<Q>,
     #[serde(skip_serializing_if = "Option::is_none")]
     columns: Option<&'a [ColumnFacts]>,
+}
+
+/// The query as `post_request` sees it: the facts that shape a result (type and tables), not
+/// the statement text. A plan is per result *shape*, so it can be cached per shape.
+#[derive(Serialize)]
+struct ShapeQuery<'a> {
+    #[serde(rename = "type")]
+    query_type: gate_core::QueryType,
+    tables: &'a [String],
+}
+
+/// A per-session cache of what a handler derived from `post_request` for a result shape
+/// (e.g. a mask plan plus the protocol's column types). Keyed by [`shape_key`]; emptied when
+/// the policies change. Bounded: it forgets everything when it grows past its limit.
+pub struct ShapeCache<T> {
+    generation: u64,
+    entries: HashMap<u64, T>,
+}
+
+const SHAPE_CACHE_LIMIT: usize = 256;
+
+impl<T: Clone> ShapeCache<T> {
+    pub fn new() -> Self {
+        ShapeCache {
+            generation: 0,
+            entries: HashMap::new(),
+        }
+    }
+
+    pub fn get(&mut self, session: &Session, key: u64) -> Option<T> {
+        let generation = session.pipeline.policy_generation();
+        if generation != self.generation {
+            self.entries.clear();
+            self.generation = generation;
+            return None;
+        }
+        self.entries.get(&key).cloned()
+    }
+
+    pub fn insert(&mut self, session: &Session, key: u64, value: T) {
+        if self.entries.len() >= SHAPE_CACHE_LIMIT {
+            self.entries.clear();
+        }
+        self.generation = session.pipeline.policy_generation();
+        self.entries.insert(key, value);
+    }
+}
+
+impl<T: Clone> Default for ShapeCache<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The cache key of a result shape: the protocol's raw shape description (a row description,
+/// column definitions) plus the query facts `post_request` sees.
+pub fn shape_key<'a>(shape: impl IntoIterator<Item = &'a [u8]>, facts: Option<&QueryFacts>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for part in shape {
+        part.hash(&mut h);
+    }
+    if let Some(f) = facts {
+        f.query_type.hash(&mut h);
+        f.tables.hash(&mut h);
+    }
+    h.finish()
 }
 
 #[derive(Serialize)]
@@ -371,6 +439,13 @@ impl Session {
         }
         let started = Instant::now();
         let input = match &self.base_input {
+            Some(base) if stage == Stage::PostRequest => base.with(&RequestInput {
+                query: query.map(|q| ShapeQuery {
+                    query_type: q.query_type,
+                    tables: &q.tables,
+                }),
+                columns,
+            }),
             Some(base) => base.with(&RequestInput { query, columns }),
             None => Err(gate_policy::PolicyError::Input {
                 stage: Some(stage),

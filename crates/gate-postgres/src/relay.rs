@@ -21,7 +21,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use gate_core::{Action, ColumnFacts, Decision, QueryFacts, QueryType};
 use gate_enforcement::MaskPlan;
-use gate_pipeline::{RequestOutcome, Session};
+use gate_pipeline::{RequestOutcome, Session, ShapeCache, shape_key};
 use gate_sql::SqlDialect;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -537,6 +537,7 @@ impl<'a> Relay<'a> {
         let mut out = BytesMut::with_capacity(16 * 1024);
         let mut scratch = Vec::new();
         let mut suppressed: Option<String> = None;
+        let mut shapes = ShapeCache::new();
         loop {
             let frame = match wire::try_take_frame(buf, crate::upstream::MAX_UPSTREAM_MESSAGE) {
                 Ok(Some(f)) => f,
@@ -563,7 +564,7 @@ impl<'a> Relay<'a> {
             };
             let fatal = frame.tag == b'E' && wire::parse_error(frame.body()).severity == "FATAL";
             if let Err(e) = self
-                .on_upstream_message(frame, &mut out, &mut scratch, &mut suppressed)
+                .on_upstream_message(frame, &mut out, &mut scratch, &mut suppressed, &mut shapes)
                 .await
             {
                 return RelayEnd::UpstreamGone(e.to_string());
@@ -581,6 +582,7 @@ impl<'a> Relay<'a> {
         out: &mut BytesMut,
         scratch: &mut Vec<u8>,
         suppressed: &mut Option<String>,
+        shapes: &mut ShapeCache<Arc<Shape>>,
     ) -> Result<(), WireError> {
         match frame.tag {
             b'D' => {
@@ -630,7 +632,6 @@ impl<'a> Relay<'a> {
                 }
             }
             b'T' => {
-                let desc = wire::parse_row_description(frame.body())?;
                 let target = {
                     let st = lock(&self.state);
                     match st.pending.front() {
@@ -655,25 +656,17 @@ impl<'a> Relay<'a> {
                         "row description for no known request; Gate lost track of the protocol state",
                     ));
                 };
-                let columns: Vec<ColumnFacts> = desc
-                    .names
-                    .iter()
-                    .map(|n| ColumnFacts {
-                        name: n.clone(),
-                        table: None,
-                        type_name: None,
-                    })
-                    .collect();
-                let (plan, refused) = match self.session.plan_masks(Some(&facts), &columns).await {
-                    Ok(p) => (p, None),
-                    Err(reason) => (MaskPlan::empty(), Some(reason)),
+                // One plan per result shape: the same row description for the same kind of
+                // query is planned once per session (and again after a policy reload).
+                let key = shape_key([frame.body()], Some(&facts));
+                let shape = match shapes.get(self.session, key) {
+                    Some(shape) => shape,
+                    None => {
+                        let shape = self.plan_shape(frame.body(), &facts).await?;
+                        shapes.insert(self.session, key, shape.clone());
+                        shape
+                    }
                 };
-                let shape = Arc::new(Shape {
-                    plan,
-                    type_oids: desc.type_oids,
-                    formats: desc.formats,
-                    refused,
-                });
                 let mut st = lock(&self.state);
                 match target {
                     ShapeTarget::Simple => {
@@ -823,6 +816,34 @@ impl<'a> Relay<'a> {
             _ => out.extend_from_slice(&frame.raw),
         }
         Ok(())
+    }
+
+    /// Parses a RowDescription and asks `post_request` for its mask plan.
+    async fn plan_shape(
+        &self,
+        row_description: &[u8],
+        facts: &QueryFacts,
+    ) -> Result<Arc<Shape>, WireError> {
+        let desc = wire::parse_row_description(row_description)?;
+        let columns: Vec<ColumnFacts> = desc
+            .names
+            .into_iter()
+            .map(|name| ColumnFacts {
+                name,
+                table: None,
+                type_name: None,
+            })
+            .collect();
+        let (plan, refused) = match self.session.plan_masks(Some(facts), &columns).await {
+            Ok(p) => (p, None),
+            Err(reason) => (MaskPlan::empty(), Some(reason)),
+        };
+        Ok(Arc::new(Shape {
+            plan,
+            type_oids: desc.type_oids,
+            formats: desc.formats,
+            refused,
+        }))
     }
 
     /// A statement finished (CommandComplete, EmptyQueryResponse, PortalSuspended or an error):
