@@ -453,6 +453,17 @@ struct Login {
     caps: ClientCaps,
 }
 
+/// 20 printable random bytes: an authentication nonce.
+fn new_nonce() -> [u8; 20] {
+    std::array::from_fn(|_| rand::random::<u8>() % 94 + 33)
+}
+
+/// The bytes before the first NUL (clients terminate passwords with one).
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,15 +474,4 @@ mod tests {
         assert_eq!(cstr(b"tok"), "tok");
         assert_eq!(cstr(b""), "");
     }
-}
-
-/// 20 printable random bytes: an authentication nonce.
-fn new_nonce() -> [u8; 20] {
-    std::array::from_fn(|_| rand::random::<u8>() % 94 + 33)
-}
-
-/// The bytes before the first NUL (clients terminate passwords with one).
-fn cstr(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
 }
