@@ -1042,3 +1042,20 @@ post_request := true
     let err = c.simple_query("DROP TABLE users").await.unwrap_err();
     assert_eq!(db_error(&err).0, "42501");
 }
+
+#[tokio::test]
+async fn a_deeply_nested_query_cannot_take_the_gateway_down() {
+    let env = start(example()).await;
+    let c = env.connect_alice().await;
+    // 40,000 chained operators once overflowed the parser's stack and aborted the process.
+    let deep = format!("SELECT 1{}", "+1".repeat(40_000));
+    let _ = c.simple_query(&deep).await; // PostgreSQL may refuse it (stack depth); either way
+    let other = env.connect_alice().await; // the gateway is still serving everyone.
+    let n: i64 = other
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+    assert_eq!(env.gw.http_get("/health").await.unwrap().status, 200);
+}
