@@ -77,6 +77,8 @@ struct Relay<'a> {
     /// False after anything that leaves the upstream in an unknown state.
     clean: bool,
     shapes: ShapeCache<Arc<Shape>>,
+    /// SQL facts of this session's statements, reused when only literals differ.
+    facts: std::sync::Mutex<gate_sql::FactsCache>,
 }
 
 enum Flow {
@@ -116,6 +118,7 @@ pub(crate) async fn run(
         scratch: Vec::new(),
         clean: true,
         shapes: ShapeCache::new(),
+        facts: std::sync::Mutex::new(gate_sql::FactsCache::new()),
     };
     let shutdown = handler.pipeline.shutdown_signal();
     tokio::pin!(shutdown);
@@ -352,7 +355,11 @@ impl Relay<'_> {
         Option<Decision>,
         Option<String>,
     ) {
-        let facts = gate_sql::analyze(text, SqlDialect::Mysql);
+        let facts = self
+            .facts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .analyze(text, SqlDialect::Mysql);
         let mut stmts = Vec::with_capacity(facts.len().max(1));
         let mut blocked = None;
         let mut rewrite = false;

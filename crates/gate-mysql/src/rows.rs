@@ -88,7 +88,11 @@ pub fn mask_binary_row(
         let rest = payload.get(at..).ok_or_else(|| bad("binary row value"))?;
         let len = if binary_is_string(ty) {
             let (len, n) = lenenc_int(rest).ok_or_else(|| bad("binary row length"))?;
-            n + usize::try_from(len).map_err(|_| bad("binary row length"))?
+            // A 0xFE length can be up to 2^64 - 1: checked, or it wraps (and panics in debug).
+            usize::try_from(len)
+                .ok()
+                .and_then(|len| n.checked_add(len))
+                .ok_or_else(|| bad("binary row length"))?
         } else {
             binary_fixed_len(ty, rest).ok_or_else(|| bad("binary row type"))?
         };
@@ -188,6 +192,30 @@ mod tests {
                     &types,
                     &Masker::new(b"k"),
                     &mut out,
+                    &mut Vec::new()
+                )
+                .is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn binary_rows_with_huge_string_lengths_are_refused() {
+        // VAR_STRING whose 0xFE length is 2^64 - 1, then a LONG. Unchecked, 9 + length wrapped
+        // to 8 (a panic in debug builds); in release the row was accepted, misparsed, with
+        // the string's length bytes taken as its value and the LONG as the rest.
+        let types = [253u8, 3];
+        let mut row = vec![0x00, 0x00, 0xfe];
+        row.extend_from_slice(&[0xff; 8]);
+        row.extend_from_slice(&[1, 2, 3]);
+        for masked in [&[][..], &["s"], &["n"]] {
+            assert!(
+                mask_binary_row(
+                    &row,
+                    &plan(&["s", "n"], masked),
+                    &types,
+                    &Masker::new(b"k"),
+                    &mut Vec::new(),
                     &mut Vec::new()
                 )
                 .is_err()

@@ -133,10 +133,16 @@ pub(crate) enum RelayEnd {
 pub(crate) struct Relay<'a> {
     pub session: &'a Session,
     state: Mutex<State>,
+    /// SQL facts of this session's statements, reused when only literals differ.
+    facts: Mutex<gate_sql::FactsCache>,
     poison_prefix: String,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock_facts(m: &Mutex<gate_sql::FactsCache>) -> std::sync::MutexGuard<'_, gate_sql::FactsCache> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -158,6 +164,7 @@ impl<'a> Relay<'a> {
                 ..State::default()
             }),
             poison_prefix: format!("GATE_BLOCKED_{nonce:016x}_"),
+            facts: Mutex::new(gate_sql::FactsCache::new()),
         }
     }
 
@@ -180,7 +187,7 @@ impl<'a> Relay<'a> {
     /// Decides a whole SQL text (one or more statements). Returns per-statement facts and
     /// decisions, and the combined outcome.
     async fn decide_text(&self, text: &str) -> (Vec<SimpleStmt>, TextOutcome) {
-        let facts = gate_sql::analyze(text, SqlDialect::Postgres);
+        let facts = lock_facts(&self.facts).analyze(text, SqlDialect::Postgres);
         let mut stmts = Vec::with_capacity(facts.len().max(1));
         let mut outcome = TextOutcome::Forward;
         for f in facts {

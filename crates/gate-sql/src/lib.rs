@@ -14,6 +14,10 @@
 //! - Table names are reported the way the server resolves them, so that quoting or case
 //!   cannot dodge a policy that names a table (see [`analyze`]).
 
+mod cache;
+
+pub use cache::FactsCache;
+
 use std::ops::ControlFlow;
 
 use gate_core::{QueryFacts, QueryType};
