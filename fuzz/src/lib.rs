@@ -591,3 +591,9 @@ fn email_oracle(text: &str) -> String {
         _ => partial_oracle(text),
     }
 }
+
+// The MySQL harnesses depend on `gate-mysql`, which `gate-postgres` (whose test includes this
+// file) does not; `crates/gate-mysql/tests/decoder_robustness.rs` includes `mysql.rs` itself.
+// A test build has `cfg(test)`, the fuzz library does not.
+#[cfg(not(test))]
+pub mod mysql;
