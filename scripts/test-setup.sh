@@ -222,6 +222,19 @@ else
   say "installed: PyMySQL $(python3 -c 'import pymysql; print(pymysql.__version__)')"
 fi
 
+# --- Python: mysql-connector-python (Oracle's pure-Python driver) ---
+if ! command -v python3 >/dev/null 2>&1; then
+  :
+elif python3 -c 'import mysql.connector' >/dev/null 2>&1; then
+  say "mysql-connector-python: found ($(python3 -c 'import mysql.connector as m; print(m.__version__)'))"
+elif python_externally_managed; then
+  say "mysql-connector-python: missing and pip is blocked for the system python3 (its test will be skipped)"
+else
+  say "mysql-connector-python: missing -> python3 -m pip install mysql-connector-python"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check mysql-connector-python
+  python3 -c 'import mysql.connector' || { say "mysql-connector-python installed but python3 cannot import it"; exit 1; }
+fi
+
 # --- Python: moto's S3 server (moto[server]), the local stand-in for S3 ---
 if moto=$(find_moto); then
   say "moto_server: found ($moto)"

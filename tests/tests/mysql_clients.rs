@@ -276,6 +276,86 @@ async fn pymysql_masks_blocks_and_reads_two_result_sets() {
     one(&out, "DONE");
 }
 
+/// mysql-connector-python: Oracle's driver, pure-Python mode, with server-side prepared
+/// statements (binary rows) through `cursor(prepared=True)`.
+const CONNECTOR_PYTHON_SCRIPT: &str = r#"
+import os, mysql.connector
+
+def out(*fields):
+    print(*fields, sep="\t", flush=True)
+
+def cell(v):
+    if v is None:
+        return "NULL"
+    return v.decode() if isinstance(v, (bytes, bytearray)) else str(v)
+
+conn = mysql.connector.connect(
+    host="127.0.0.1",
+    port=int(os.environ["GATE_PORT"]),
+    user=os.environ["GATE_USER"],
+    password=os.environ["GATE_TOKEN"],
+    database=os.environ["GATE_DB"],
+    ssl_ca=os.environ["GATE_CA"],
+    ssl_verify_cert=True,
+    use_pure=True,
+    connection_timeout=10,
+)
+cur = conn.cursor()
+cur.execute("SELECT name, email, ssn FROM users ORDER BY id")
+for row in cur.fetchall():
+    out("ROW", *map(cell, row))
+
+prep = conn.cursor(prepared=True)
+for _ in range(20):
+    prep.execute("SELECT name, email, ssn FROM users WHERE id = %s", (2,))
+    row = prep.fetchone()
+out("PARAM", *map(cell, row))
+
+try:
+    cur.execute("DROP TABLE users")
+    out("DROP", "not refused")
+except mysql.connector.Error as e:
+    out("DROP_ERR", e.errno, e.sqlstate, e.msg)
+
+cur.execute("SELECT COUNT(*) FROM users")
+out("COUNT", cur.fetchone()[0])
+
+cur.execute("SELECT 41 + 1")
+out("AFTER", cur.fetchone()[0])
+conn.close()
+out("DONE")
+"#;
+
+#[tokio::test]
+async fn mysql_connector_python_masks_prepares_and_blocks() {
+    let env = start(mariadb()).await;
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import mysql.connector"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        return skip(&env, "python3 cannot import mysql.connector").await;
+    }
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.args(["-c", CONNECTOR_PYTHON_SCRIPT]);
+    client_env(&env, &mut cmd);
+    let out = run_client(&env, "mysql-connector-python", cmd).await;
+    println!("{out}");
+    assert_all_users(&tagged(&out, "ROW"), &out);
+    assert_user_row(2, &one(&out, "PARAM"), &out);
+    assert!(tagged(&out, "DROP").is_empty(), "DROP went through:\n{out}");
+    let drop = one(&out, "DROP_ERR");
+    assert_drop_blocked(&drop, &out);
+    assert_eq!(drop.get(1), Some(&"42000"), "SQLSTATE 42000:\n{out}");
+    assert_eq!(
+        one(&out, "COUNT"),
+        vec!["3"],
+        "the session stays usable:\n{out}"
+    );
+    assert_eq!(one(&out, "AFTER"), vec!["42"]);
+    one(&out, "DONE");
+}
+
 const JAVA_SOURCE: &str = r#"
 import java.sql.*;
 
