@@ -483,8 +483,8 @@ impl PostgresHandler {
             None => {
                 // Wait for the first request before taking an upstream connection.
                 loop {
-                    match wire::try_take_frame(&mut buf.clone(), relay::MAX_CLIENT_MESSAGE) {
-                        Ok(Some(f)) if f.tag == b'X' => return "client terminated",
+                    match wire::peek_complete_frame(&buf, relay::MAX_CLIENT_MESSAGE) {
+                        Ok(Some(b'X')) => return "client terminated",
                         Ok(Some(_)) => break,
                         Ok(None) => {}
                         Err(_) => {

@@ -64,6 +64,22 @@ pub fn try_take_frame(buf: &mut BytesMut, max_len: usize) -> Result<Option<Frame
     }))
 }
 
+/// The tag of the first message in `buf` once it is complete, without consuming anything.
+pub fn peek_complete_frame(buf: &BytesMut, max_len: usize) -> Result<Option<u8>, WireError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 {
+        return Err(WireError::Invalid("message length below 4"));
+    }
+    let total = len as usize + 1;
+    if total > max_len {
+        return Err(WireError::TooLarge(total));
+    }
+    Ok((buf.len() >= total).then_some(buf[0]))
+}
+
 /// Reads until one whole message is buffered, and returns it.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
@@ -397,6 +413,15 @@ mod tests {
         let f = try_take_frame(&mut b, 1 << 20).unwrap().unwrap();
         assert_eq!((f.tag, f.body()), (b'Z', &b"I"[..]));
         assert!(try_take_frame(&mut b, 1 << 20).unwrap().is_none());
+        assert_eq!(
+            peek_complete_frame(&b, 1 << 20).unwrap(),
+            None,
+            "partial frame"
+        );
+        let mut whole = BytesMut::new();
+        put_ready(&mut whole, b'I');
+        assert_eq!(peek_complete_frame(&whole, 1 << 20).unwrap(), Some(b'Z'));
+        assert_eq!(whole.len(), 6, "peeking consumes nothing");
         let mut bad = BytesMut::from(&[b'Q', 0, 0, 0, 2][..]);
         assert!(try_take_frame(&mut bad, 1 << 20).is_err());
         let mut big = BytesMut::from(&[b'Q', 0x7f, 0, 0, 0][..]);
