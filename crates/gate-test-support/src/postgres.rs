@@ -19,8 +19,8 @@
 //! server is dropped, at process exit for [`PgServer::shared`], and by a watchdog should the
 //! test process be killed. Set `GATE_TEST_KEEP=1` to keep them.
 
+use crate::{find_on_path, output_text, tmp_base};
 use anyhow::{Context, anyhow, bail};
-use std::ffi::CString;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
@@ -605,12 +605,6 @@ fn find_pg_bindir() -> anyhow::Result<PathBuf> {
     ))
 }
 
-fn find_on_path(program: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-}
-
 /// `psql` from the PostgreSQL bindir if there is one, else `psql` from `PATH`.
 pub fn psql_binary() -> PathBuf {
     pg_bindir()
@@ -726,103 +720,8 @@ fn clean_pg_env(cmd: &mut Command) {
     }
 }
 
-fn output_text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// Where to create data dirs. When the server runs as another user, every ancestor must be
-/// searchable by others and the socket path must stay short; else fall back to `/tmp`.
-fn tmp_base(other_user: bool) -> PathBuf {
-    let base = std::env::var_os("GATE_TEST_TMPDIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    let searchable = |p: &Path| {
-        p.ancestors()
-            .all(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
-    };
-    // unix socket paths are limited to 107 bytes: <base>/gate-pg-XXXXXX/.s.PGSQL.NNNNN
-    if base.as_os_str().len() > 70 || (other_user && !searchable(&base)) {
-        PathBuf::from("/tmp")
-    } else {
-        base
-    }
-}
-
 /// `None` when not root (the server runs as us); else the `postgres` user's uid/gid,
 /// creating the user if it does not exist.
 fn postgres_user() -> anyhow::Result<Option<(u32, u32)>> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(None);
-    }
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(ids) = lookup_user("postgres") {
-        return Ok(Some(ids));
-    }
-    let mut cmd = Command::new("useradd");
-    cmd.args([
-        "--system",
-        "--home-dir",
-        "/var/lib/postgresql",
-        "--shell",
-        "/bin/bash",
-    ]);
-    if group_exists("postgres") {
-        cmd.args(["--gid", "postgres"]);
-    } else {
-        cmd.arg("--user-group");
-    }
-    let out = cmd.arg("postgres").output().context("cannot run useradd")?;
-    // Another process may have created it at the same time; look again either way.
-    lookup_user("postgres").map(Some).ok_or_else(|| {
-        anyhow!(
-            "running as root and there is no `postgres` user; useradd failed ({}): {}",
-            out.status,
-            output_text(&out)
-        )
-    })
-}
-
-fn lookup_user(name: &str) -> Option<(u32, u32)> {
-    let cname = CString::new(name).ok()?;
-    // SAFETY: getpwnam_r with a zeroed passwd and a buffer we own; result checked for null.
-    unsafe {
-        let mut pwd: libc::passwd = std::mem::zeroed();
-        let mut buf = vec![0 as libc::c_char; 16 * 1024];
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        );
-        (rc == 0 && !result.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
-    }
-}
-
-fn group_exists(name: &str) -> bool {
-    let Ok(cname) = CString::new(name) else {
-        return false;
-    };
-    // SAFETY: as in lookup_user.
-    unsafe {
-        let mut grp: libc::group = std::mem::zeroed();
-        let mut buf = vec![0 as libc::c_char; 16 * 1024];
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        let rc = libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        );
-        rc == 0 && !result.is_null()
-    }
+    crate::server_user("postgres", "/var/lib/postgresql", "/bin/bash")
 }
