@@ -21,7 +21,6 @@
 
 use crate::{find_on_path, output_text, tmp_base};
 use anyhow::{Context, anyhow, bail};
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -647,53 +646,9 @@ pub fn psql_output(conninfo: &str, sql: &str) -> anyhow::Result<Output> {
 /// How long a `psql` run may take before it is killed (a hung query must not hang the tests).
 pub const PSQL_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn spawn_with_stdin(mut cmd: Command, input: &str) -> anyhow::Result<Output> {
-    use std::io::Read;
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run {program}"))?;
-    // Feed stdin and drain stdout/stderr on their own threads so that neither large inputs
-    // nor large outputs can deadlock, and so that we can enforce a timeout.
-    let mut stdin = child.stdin.take().context("stdin")?;
-    let input = input.to_owned();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(input.as_bytes());
-    });
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
-            buf
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().context("stdout")?));
-    let stderr = drain(Box::new(child.stderr.take().context("stderr")?));
-    let pid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    let status = match rx.recv_timeout(PSQL_TIMEOUT) {
-        Ok(status) => status?,
-        Err(_) => {
-            // SAFETY: kill(2) on our child, which the waiting thread has not reaped yet.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            let _ = rx.recv();
-            bail!("{program} did not finish within {PSQL_TIMEOUT:?}; killed");
-        }
-    };
-    let _ = writer.join();
-    Ok(Output {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    })
+/// Runs a psql command with `input` on stdin, within [`PSQL_TIMEOUT`].
+fn spawn_with_stdin(cmd: Command, input: &str) -> anyhow::Result<Output> {
+    crate::run_with_timeout(cmd, Some(input), PSQL_TIMEOUT)
 }
 
 fn run_with_stdin(cmd: Command, input: &str) -> anyhow::Result<String> {
