@@ -1059,3 +1059,50 @@ async fn a_deeply_nested_query_cannot_take_the_gateway_down() {
     assert_eq!(n, 3);
     assert_eq!(env.gw.http_get("/health").await.unwrap().status, 200);
 }
+
+#[tokio::test]
+async fn a_client_vanishing_mid_result_does_not_poison_the_pool() {
+    let env = start(example()).await;
+    {
+        let c = env.connect_alice().await;
+        // Start streaming a large result, then drop the client in the middle of it.
+        let stream = c
+            .query_raw(
+                "SELECT g, repeat('z', 200) FROM generate_series(1, 500000) g",
+                Vec::<i32>::new(),
+            )
+            .await
+            .unwrap();
+        futures_util::pin_mut!(stream);
+        for _ in 0..10 {
+            stream.next().await.unwrap().unwrap();
+        }
+    }
+    // The half-read upstream connection must be closed, not handed to the next session.
+    gate_test_support::wait_until(
+        "the abandoned upstream is released",
+        Duration::from_secs(30),
+        || async {
+            let m = env.metrics().await;
+            m.contains(r#"gate_connpool_active_connections{resource="primary-db"} 0"#)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        let c = env.connect_alice().await;
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM users", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 3, "a clean connection answers the next session");
+    }
+    let events = env
+        .wait_audit("the abandoned session ended", |e| {
+            e["kind"] == "session_end"
+        })
+        .await;
+    assert!(!events.is_empty());
+}
