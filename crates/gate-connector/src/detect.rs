@@ -15,6 +15,8 @@ pub const CLIENT_FIRST_WAIT: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detected {
     Postgres,
+    /// `SSH-2.0-…`: SSH clients send their version line without waiting for the server's.
+    Ssh,
     /// The client said nothing within the wait: a server-first protocol.
     Silent,
     Unknown,
@@ -22,6 +24,9 @@ pub enum Detected {
 
 /// Classifies the first bytes of a connection.
 pub fn classify(first: &[u8]) -> Option<Detected> {
+    if first.len() >= 4 && first.starts_with(b"SSH-") {
+        return Some(Detected::Ssh);
+    }
     if first.len() < 8 {
         return None;
     }
@@ -69,7 +74,8 @@ mod tests {
         assert_eq!(classify(&ssl), Some(Detected::Postgres));
         let startup = [0, 0, 0, 40, 0, 3, 0, 0];
         assert_eq!(classify(&startup), Some(Detected::Postgres));
-        assert_eq!(classify(b"SSH-2.0-"), Some(Detected::Unknown));
+        assert_eq!(classify(b"SSH-2.0-"), Some(Detected::Ssh));
+        assert_eq!(classify(b"SSH-"), Some(Detected::Ssh));
         assert_eq!(classify(b"GET / HT"), Some(Detected::Unknown));
         assert_eq!(classify(&[0, 0, 0]), None);
     }

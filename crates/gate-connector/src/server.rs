@@ -15,6 +15,7 @@ use gate_pipeline::{AuditLog, Authenticator, Metrics, Pipeline, PipelineParts};
 use gate_policy::PolicySet;
 use gate_postgres::PostgresHandler;
 use gate_recording::Recordings;
+use gate_ssh::SshHandler;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
@@ -104,6 +105,7 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
     let handlers = Handlers {
         postgres: PostgresHandler::new(pipeline.clone(), tls.clone()),
         mysql: MysqlHandler::new(pipeline.clone(), tls),
+        ssh: SshHandler::new(pipeline.clone(), &cfg.data_dir)?,
     };
 
     // Bind everything before reporting ready, so a port conflict fails start-up loudly.
@@ -220,6 +222,7 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
 struct Handlers {
     postgres: Arc<PostgresHandler>,
     mysql: Arc<MysqlHandler>,
+    ssh: Arc<SshHandler>,
 }
 
 async fn accept_loop(
@@ -247,6 +250,9 @@ async fn accept_loop(
                 Some((resource, Protocol::Mysql)) => {
                     handlers.mysql.serve(stream, peer, Some(resource)).await
                 }
+                Some((resource, Protocol::Ssh)) => {
+                    handlers.ssh.serve(stream, peer, Some(resource)).await
+                }
                 Some((resource, protocol)) => {
                     tracing::warn!(%resource, %protocol, "protocol not served by this connector yet; closing");
                 }
@@ -261,6 +267,9 @@ async fn accept_loop(
 async fn dispatch(stream: TcpStream, peer: SocketAddr, handlers: Handlers) {
     match detect::detect(&stream).await {
         Detected::Postgres => handlers.postgres.serve(stream, peer, None).await,
+        Detected::Ssh if handlers.ssh.has_resources() => {
+            handlers.ssh.serve(stream, peer, None).await
+        }
         Detected::Silent if handlers.mysql.has_resources() => {
             handlers.mysql.serve(stream, peer, None).await
         }

@@ -43,6 +43,9 @@ pub struct ConnectorConfig {
     pub masking: MaskingConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Where the connector keeps state it must not lose across restarts (the SSH host key).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,6 +112,32 @@ pub struct ResourceConfig {
     pub listen_port: Option<u16>,
     #[serde(default)]
     pub pool: PoolConfig,
+    /// SSH: the upstream's host key, pinned as `SHA256:…` (what `ssh-keygen -lf` prints).
+    #[serde(default)]
+    pub host_key_fingerprint: Option<String>,
+    /// SSH: an OpenSSH `known_hosts` file holding the upstream's key (alternative to the
+    /// fingerprint). Either way an unpinned or changed key refuses the session.
+    #[serde(default)]
+    pub known_hosts_file: Option<PathBuf>,
+    /// What to record beyond the defaults (SSH: keystrokes).
+    #[serde(default)]
+    pub recording: ResourceRecordingConfig,
+    /// Ends a session after this long without traffic (SSH). Unset: no idle limit.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Ends a session this long after it opened, whatever it is doing (SSH).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub max_session_duration: Option<Duration>,
+}
+
+/// Per-resource recording options.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceRecordingConfig {
+    /// Record what the user types in interactive sessions (`[t, "i", data]` events). Off by
+    /// default: keystrokes include passwords typed at prompts.
+    #[serde(default)]
+    pub input: bool,
 }
 
 /// Upstream credentials Gate injects; callers never see them.
@@ -266,6 +295,9 @@ fn default_idle_timeout() -> Duration {
 fn default_acquire_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".data")
+}
 fn default_audit_file() -> PathBuf {
     PathBuf::from(".data/audit.jsonl")
 }
@@ -299,6 +331,10 @@ where
         NumOrStr::Num(n) => T::try_from(n).map_err(|_| bad(n.to_string())),
         NumOrStr::Str(s) => s.trim().parse().map_err(|_| bad(format!("{s:?}"))),
     }
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 fn optional_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
@@ -501,6 +537,54 @@ impl ConnectorConfig {
             }
             if r.pool.max_connections == 0 {
                 err(at("pool.max_connections"), "must be at least 1".into());
+            }
+            if r.name.contains('%') {
+                err(
+                    at("name"),
+                    "must not contain '%' (it separates identity and resource in SSH user names)"
+                        .into(),
+                );
+            }
+            if r.protocol == Protocol::Ssh {
+                let c = &r.credentials;
+                match (&c.password, &c.private_key_file) {
+                    (None, None) => err(
+                        at("credentials"),
+                        "set password or private_key_file for ssh resources".into(),
+                    ),
+                    (_, Some(f)) if !f.is_file() => err(
+                        at("credentials.private_key_file"),
+                        format!("file not found: {}", f.display()),
+                    ),
+                    _ => {}
+                }
+                match (&r.host_key_fingerprint, &r.known_hosts_file) {
+                    (None, None) => err(
+                        at("host_key_fingerprint"),
+                        "ssh resources must pin the upstream host key: set host_key_fingerprint \
+                         (SHA256:…, from `ssh-keygen -lf`) or known_hosts_file"
+                            .into(),
+                    ),
+                    (Some(fp), _) if !fp.starts_with("SHA256:") || fp.len() < 20 => err(
+                        at("host_key_fingerprint"),
+                        format!(
+                            "expected \"SHA256:<base64>\" as `ssh-keygen -lf` prints it, got {fp:?}"
+                        ),
+                    ),
+                    (_, Some(f)) if !f.is_file() => err(
+                        at("known_hosts_file"),
+                        format!("file not found: {}", f.display()),
+                    ),
+                    _ => {}
+                }
+            } else if r.host_key_fingerprint.is_some() || r.known_hosts_file.is_some() {
+                err(
+                    at("host_key_fingerprint"),
+                    format!(
+                        "only ssh resources have a host key (this one is {})",
+                        r.protocol
+                    ),
+                );
             }
         }
 

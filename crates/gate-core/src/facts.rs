@@ -75,6 +75,7 @@ pub struct ColumnFacts {
 #[serde(rename_all = "snake_case")]
 pub enum RequestFacts {
     Query(QueryFacts),
+    Ssh(SshFacts),
 }
 
 impl RequestFacts {
@@ -82,6 +83,36 @@ impl RequestFacts {
     pub fn statement(&self) -> &str {
         match self {
             RequestFacts::Query(q) => &q.statement,
+            RequestFacts::Ssh(s) => s.command.as_deref().unwrap_or(s.channel.as_str()),
         }
     }
+
+    /// The request's kind for audit and recordings (`select`, `exec`, `subsystem`, …).
+    pub fn kind(&self) -> &str {
+        match self {
+            RequestFacts::Query(q) => q.query_type.as_str(),
+            RequestFacts::Ssh(s) => s.channel.as_str(),
+        }
+    }
+}
+
+/// An SSH session or channel request as policy sees it (`input.ssh`).
+///
+/// At the `session` stage only the connection fields are set; each `pre_request` adds the
+/// channel and, for exec/subsystem/forwarding, what it asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshFacts {
+    /// The SSH user name as the client sent it (`alice%prod-web`, or `alice` on a
+    /// resource's own listener).
+    pub user: String,
+    /// The account Gate logs in as upstream.
+    pub upstream_user: String,
+    pub resource: String,
+    pub client_addr: String,
+    /// `session` at open; then `shell`, `exec`, `subsystem`, `direct-tcpip`,
+    /// `tcpip-forward`, `x11`.
+    pub channel: String,
+    /// The exec command line, the subsystem name, or `host:port` for forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }

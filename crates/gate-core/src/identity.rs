@@ -15,7 +15,7 @@ pub struct Identity {
     pub email: Option<String>,
     #[serde(default)]
     pub groups: Vec<String>,
-    /// How the caller proved who they are: `token` or `oidc`.
+    /// How the caller proved who they are: `token`, `oidc` or `ssh_key`.
     pub auth_method: AuthMethod,
 }
 
@@ -24,4 +24,7 @@ pub struct Identity {
 pub enum AuthMethod {
     Token,
     Oidc,
+    /// A registered SSH public key (serialized `ssh_key`).
+    #[serde(rename = "ssh_key")]
+    SshKey,
 }

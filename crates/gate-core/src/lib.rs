@@ -15,7 +15,7 @@ pub mod time;
 
 pub use audit::{AuditEvent, AuditKind};
 pub use decision::{Action, Decision, MaskRule, MaskStrategy, Stage};
-pub use facts::{ColumnFacts, QueryFacts, QueryType, RequestFacts};
+pub use facts::{ColumnFacts, QueryFacts, QueryType, RequestFacts, SshFacts};
 pub use identity::Identity;
 
 /// The protocols Gate speaks. The string form is what configs and policies use.

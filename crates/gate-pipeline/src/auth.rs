@@ -44,6 +44,8 @@ impl AuthError {
 struct TokenIdentity {
     digest: TokenDigest,
     identity: Identity,
+    /// The base64 key blobs of the identity's registered OpenSSH public keys.
+    ssh_keys: Vec<String>,
 }
 
 /// Verifies credentials against the configured token identities and OIDC provider.
@@ -69,6 +71,18 @@ impl Authenticator {
                         groups: t.groups.clone(),
                         auth_method: AuthMethod::Token,
                     },
+                    ssh_keys: t
+                        .ssh_public_keys
+                        .iter()
+                        .map(|line| {
+                            ssh_key_blob(line).map(str::to_string).ok_or_else(|| {
+                                anyhow::anyhow!(
+                                    "auth.tokens: {}: ssh_public_keys entry is not an OpenSSH public key line (\"ssh-ed25519 AAAA… comment\")",
+                                    t.name
+                                )
+                            })
+                        })
+                        .collect::<anyhow::Result<_>>()?,
                 },
             );
         }
@@ -93,6 +107,36 @@ impl Authenticator {
             }
         }
     }
+}
+
+impl Authenticator {
+    /// Whether `user` has registered the SSH public key whose base64 blob is `key_blob`
+    /// (the second field of an OpenSSH public key line). Public keys are not secrets, so a
+    /// plain comparison is fine. A key is accepted only for the identity that registered it.
+    pub fn authenticate_ssh_key(&self, user: &str, key_blob: &str) -> Result<Identity, AuthError> {
+        match self.tokens.get(user) {
+            Some(t) if t.ssh_keys.iter().any(|k| k == key_blob) => {
+                let mut identity = t.identity.clone();
+                identity.auth_method = AuthMethod::SshKey;
+                Ok(identity)
+            }
+            _ => Err(AuthError::Rejected(user.to_string())),
+        }
+    }
+}
+
+/// The key blob (base64) of an OpenSSH public key line `type blob [comment]`.
+pub fn ssh_key_blob(line: &str) -> Option<&str> {
+    let mut fields = line.split_whitespace();
+    let kind = fields.next()?;
+    let blob = fields.next()?;
+    let plausible =
+        (kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
+            && blob.len() >= 16
+            && blob
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+    plausible.then_some(blob)
 }
 
 fn looks_like_jwt(s: &str) -> bool {

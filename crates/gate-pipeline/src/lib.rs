@@ -35,7 +35,7 @@ pub use audit::{AuditLog, AuditSink};
 pub use auth::{AuthError, Authenticator};
 pub use metrics::Metrics;
 pub use pool::{Pool, PoolError, PooledConn};
-pub use session::{RequestOutcome, Session, SessionDenied, ShapeCache, shape_key};
+pub use session::{ChannelOutcome, RequestOutcome, Session, SessionDenied, ShapeCache, shape_key};
 
 /// Everything a handler needs, shared by all sessions of all protocols.
 pub struct Pipeline {
@@ -161,6 +161,13 @@ impl Pipeline {
                 Err(e)
             }
         }
+    }
+
+    /// Checks an SSH public key (its base64 blob) for `user`. Unlike passwords, a client may
+    /// offer several keys in turn, so a miss is NOT audited here; the handler audits the
+    /// connection once if it never authenticates ([`Pipeline::audit_refused`]).
+    pub fn authenticate_ssh_key(&self, user: &str, key_blob: &str) -> Result<Identity, AuthError> {
+        self.auth.authenticate_ssh_key(user, key_blob)
     }
 
     /// Audits a refused connection attempt that never reached authentication

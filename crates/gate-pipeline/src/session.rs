@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use gate_core::audit::AuditIdentity;
 use gate_core::config::ResourceConfig;
 use gate_core::{
-    Action, AuditEvent, AuditKind, ColumnFacts, Decision, Identity, QueryFacts, Stage,
+    Action, AuditEvent, AuditKind, ColumnFacts, Decision, Identity, QueryFacts, RequestFacts, Stage,
 };
 use gate_enforcement::{MaskPlan, Masker};
 use gate_recording::{EntryError, QueryEntry, SessionHeader, SessionRecorder, SessionSummary};
@@ -33,6 +33,9 @@ struct SessionInput<'a> {
     user: &'a Identity,
     resource: &'a ResourceFacts,
     session: &'a SessionFacts,
+    /// Protocol facts known at open (`input.ssh` for SSH), under the protocol's own key.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'a RequestFacts>,
 }
 
 /// What one request adds to the session's input.
@@ -126,6 +129,19 @@ struct SessionFacts {
     tls: bool,
 }
 
+/// How a channel request (SSH exec, subsystem, forward) ended, for the recording.
+#[derive(Debug, Clone, Default)]
+pub struct ChannelOutcome {
+    pub duration: Duration,
+    /// Bytes from the client to the upstream.
+    pub bytes_in: u64,
+    /// Bytes from the upstream to the client (stdout and stderr).
+    pub bytes_out: u64,
+    pub exit_status: Option<u32>,
+    /// Signal name without `SIG` (`TERM`, `KILL`) when the command was killed.
+    pub exit_signal: Option<String>,
+}
+
 /// How a forwarded request ended, for the recording.
 pub struct RequestOutcome {
     pub rows: u64,
@@ -184,6 +200,19 @@ impl Pipeline {
         identity: Identity,
         resource: Arc<ResourceConfig>,
     ) -> Result<Session, SessionDenied> {
+        self.open_session_with(client, identity, resource, None)
+            .await
+    }
+
+    /// [`Pipeline::open_session`] with protocol facts known at open (e.g. `input.ssh`), which
+    /// every evaluation of the session then sees.
+    pub async fn open_session_with(
+        self: &Arc<Self>,
+        client: ClientInfo,
+        identity: Identity,
+        resource: Arc<ResourceConfig>,
+        protocol_facts: Option<RequestFacts>,
+    ) -> Result<Session, SessionDenied> {
         let protocol = client.protocol;
         let resource_name = resource.name.clone();
         let labels = [protocol.as_str(), resource_name.as_str()];
@@ -218,6 +247,7 @@ impl Pipeline {
             user: &session.identity,
             resource: &session.resource_facts,
             session: &session.session_facts,
+            protocol: protocol_facts.as_ref(),
         }) {
             Ok(i) => Some(i),
             Err(e) => {
@@ -292,6 +322,67 @@ impl Session {
         self.audit_decision(Stage::PreRequest, &decision, Some(facts))
             .await;
         decision
+    }
+
+    /// `pre_request` for a protocol request that is not SQL (an SSH exec, subsystem or
+    /// forwarding request): policy sees it under its protocol key (`input.ssh`). Errors
+    /// block (fail closed); every decision is audited.
+    pub async fn decide_request(&self, facts: &RequestFacts) -> Decision {
+        let decision = self.evaluate_input(Stage::PreRequest, |base| base.with(facts));
+        if decision.is_block() {
+            self.blocked.fetch_add(1, Ordering::Relaxed);
+        }
+        self.audit_decision_of(
+            Stage::PreRequest,
+            &decision,
+            Some((facts.statement(), facts.kind())),
+        )
+        .await;
+        decision
+    }
+
+    /// Records one finished non-SQL request (an SSH exec, subsystem, forward) with what
+    /// it moved. `rows` is left 0; the byte counts and exit status say what happened.
+    pub async fn record_request(
+        &self,
+        facts: &RequestFacts,
+        decision: &Decision,
+        outcome: ChannelOutcome,
+    ) {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        let failed = outcome.exit_status.is_some_and(|s| s != 0) || outcome.exit_signal.is_some();
+        if failed {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        recorder
+            .record(QueryEntry {
+                statement: facts.statement().to_string(),
+                query_type: facts.kind().to_string(),
+                action: decision.action,
+                reason: decision.reason.clone(),
+                rows: 0,
+                duration: outcome.duration,
+                error: outcome.exit_signal.map(|signal| EntryError {
+                    code: format!("SIG{signal}"),
+                    message: "terminated by a signal".into(),
+                }),
+                // TODO(ssh-recording): exit status and byte counts once QueryEntry has them.
+            })
+            .await;
+    }
+
+    /// Where the session's recordings go and who they are attributed to: for a
+    /// protocol that writes more than one recording per session (SSH terminal recordings).
+    pub fn recordings(&self) -> &gate_recording::Recordings {
+        &self.pipeline.recordings
+    }
+
+    /// The identity as recordings and audit show it.
+    pub fn audit_user(&self) -> AuditIdentity {
+        self.audit_identity()
     }
 
     /// `post_request`: the mask plan for one result shape. `Err(reason)` means the result must
@@ -433,20 +524,36 @@ impl Session {
         query: Option<&QueryFacts>,
         columns: Option<&[ColumnFacts]>,
     ) -> Decision {
+        self.evaluate_input(stage, |base| {
+            if stage == Stage::PostRequest {
+                base.with(&RequestInput {
+                    query: query.map(|q| ShapeQuery {
+                        query_type: q.query_type,
+                        tables: &q.tables,
+                    }),
+                    columns,
+                })
+            } else {
+                base.with(&RequestInput { query, columns })
+            }
+        })
+    }
+
+    /// Evaluates `stage` on the session's input extended by `extend`. Errors deny.
+    fn evaluate_input(
+        &self,
+        stage: Stage,
+        extend: impl FnOnce(
+            &gate_policy::PolicyInput,
+        ) -> Result<gate_policy::PolicyInput, gate_policy::PolicyError>,
+    ) -> Decision {
         let policies = self.pipeline.policies();
         if !policies.has_stage(stage) {
             return Decision::allow();
         }
         let started = Instant::now();
         let input = match &self.base_input {
-            Some(base) if stage == Stage::PostRequest => base.with(&RequestInput {
-                query: query.map(|q| ShapeQuery {
-                    query_type: q.query_type,
-                    tables: &q.tables,
-                }),
-                columns,
-            }),
-            Some(base) => base.with(&RequestInput { query, columns }),
+            Some(base) => extend(base),
             None => Err(gate_policy::PolicyError::Input {
                 stage: Some(stage),
                 message: "session facts could not be converted".into(),
@@ -473,6 +580,21 @@ impl Session {
     }
 
     async fn audit_decision(&self, stage: Stage, decision: &Decision, facts: Option<&QueryFacts>) {
+        self.audit_decision_of(
+            stage,
+            decision,
+            facts.map(|f| (f.statement.as_str(), f.query_type.as_str())),
+        )
+        .await
+    }
+
+    /// Audits a decision on a request given as `(statement, kind)`.
+    async fn audit_decision_of(
+        &self,
+        stage: Stage,
+        decision: &Decision,
+        request: Option<(&str, &str)>,
+    ) {
         self.pipeline
             .metrics
             .decisions
@@ -490,8 +612,8 @@ impl Session {
                 stage: Some(stage),
                 action: Some(decision.action),
                 reason: decision.reason.clone(),
-                statement: facts.map(|f| f.statement.clone()),
-                query_type: facts.map(|f| f.query_type.as_str().to_string()),
+                statement: request.map(|(statement, _)| statement.to_string()),
+                query_type: request.map(|(_, kind)| kind.to_string()),
                 dry_run: decision.dry_run,
                 ..self.event(AuditKind::PolicyDecision)
             })

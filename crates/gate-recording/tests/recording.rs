@@ -6,8 +6,9 @@ use gate_core::Action;
 use gate_core::audit::AuditIdentity;
 use gate_core::config::RecordingLocation;
 use gate_recording::{
-    EntryError, QueryEntry, RecordLine, RecordingError, RecordingOptions, Recordings,
-    SessionHeader, SessionSummary, read_recording, recover_incomplete,
+    EntryError, QueryEntry, RecordLine, RecordingError, RecordingIndex, RecordingKind,
+    RecordingOptions, Recordings, SessionHeader, SessionSummary, read_recording,
+    recover_incomplete, sha256_hex,
 };
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -82,6 +83,28 @@ async fn all_keys(store: &dyn ObjectStore) -> Vec<String> {
         .await;
     keys.sort();
     keys
+}
+
+/// The keys a set of finished recordings occupy: each object and its index sidecar.
+fn with_indexes<S: AsRef<str>>(keys: &[S]) -> Vec<String> {
+    let mut all: Vec<String> = keys
+        .iter()
+        .flat_map(|k| [k.as_ref().to_string(), format!("{}.meta.json", k.as_ref())])
+        .collect();
+    all.sort();
+    all
+}
+
+/// The index sidecar of `key`, checked against the object's bytes.
+async fn index_of(store: &dyn ObjectStore, key: &str) -> RecordingIndex {
+    let index: RecordingIndex =
+        serde_json::from_slice(&read_object(store, &format!("{key}.meta.json")).await).unwrap();
+    let content = read_object(store, key).await;
+    assert_eq!(index.object_key, key);
+    assert_eq!(index.size, content.len() as u64);
+    assert_eq!(index.sha256, sha256_hex(&content));
+    index.verify(&content).unwrap();
+    index
 }
 
 fn statements(lines: &[RecordLine]) -> Vec<String> {
@@ -210,11 +233,23 @@ async fn local_dir_round_trip_keeps_order_of_interleaved_sessions() {
         assert_eq!(head.database, None);
     }
 
-    // Checkpoint segments are gone once the recordings are complete.
+    // Checkpoint segments are gone once the recordings are complete; each has its index.
     let (store, _) = rec.store().unwrap();
-    let mut expected_keys = keys.clone();
-    expected_keys.sort();
-    assert_eq!(all_keys(&*store).await, expected_keys);
+    assert_eq!(all_keys(&*store).await, with_indexes(&keys));
+    for (h, key) in headers.iter().zip(&keys) {
+        let index = index_of(&*store, key).await;
+        assert_eq!(index.kind, RecordingKind::Queries);
+        assert_eq!(index.recording_id, h.session_id);
+        assert_eq!(index.session_id, h.session_id);
+        assert_eq!(index.protocol, h.protocol);
+        assert_eq!(index.resource, h.resource);
+        assert_eq!(index.user, h.user);
+        assert_eq!(
+            (index.title.as_deref(), index.command.as_deref()),
+            (None, None)
+        );
+        assert!(index.ended_at >= index.started_at);
+    }
 }
 
 #[tokio::test]
@@ -301,7 +336,7 @@ async fn shutdown_finishes_open_sessions() {
     assert_eq!((end.queries, end.blocked, end.errors), (2, 1, 0));
     assert_eq!(
         all_keys(&*store).await,
-        std::slice::from_ref(&busy_key),
+        with_indexes(&[&busy_key]),
         "a session that recorded nothing has no object yet"
     );
 
@@ -389,7 +424,7 @@ async fn a_full_channel_makes_record_wait_and_loses_nothing() {
         all_keys(&*store)
             .await
             .iter()
-            .all(|k| k.ends_with(".jsonl")),
+            .all(|k| k.ends_with(".jsonl") || k.ends_with(".jsonl.meta.json")),
         "no segment left behind"
     );
 }
@@ -444,7 +479,10 @@ async fn large_recordings_are_assembled_with_multipart_upload() {
     let lines = read_recording(&read_object(&*store, &key).await).unwrap();
     assert_eq!(statements(&lines), big);
     assert_eq!(end_of(&lines).queries, 0, "the pipeline's summary is used");
-    assert_eq!(all_keys(&*store).await, [key]);
+    assert_eq!(all_keys(&*store).await, with_indexes(&[&key]));
+    // The digest was computed while streaming the multipart upload.
+    let index = index_of(&*store, &key).await;
+    assert!(index.size > 12 << 20);
 }
 
 #[test]
@@ -455,8 +493,12 @@ fn a_crash_keeps_checkpointed_lines_and_recover_incomplete_restores_them() {
 
     let crashed = tokio::runtime::Runtime::new().unwrap();
     let key = crashed.block_on(async {
-        // A 2 s checkpoint interval: only the explicit flush below checkpoints.
-        let rec = Recordings::with_store(store.clone(), prefix.clone(), Default::default());
+        // No timed checkpoint during the test: only the explicit flush below checkpoints.
+        let options = RecordingOptions {
+            flush_interval: Duration::from_secs(3600),
+            ..RecordingOptions::default()
+        };
+        let rec = Recordings::with_store(store.clone(), prefix.clone(), options);
         rec.start();
         let session = rec.session(h.clone());
         for i in 0..3 {
@@ -485,7 +527,13 @@ fn a_crash_keeps_checkpointed_lines_and_recover_incomplete_restores_them() {
             !matches!(lines.last(), Some(RecordLine::End(_))),
             "an interrupted recording has no end line"
         );
-        assert_eq!(all_keys(&*store).await, [key]);
+        assert_eq!(all_keys(&*store).await, with_indexes(&[&key]));
+        // The index is rebuilt from the header; the end is the last checkpointed line.
+        let index = index_of(&*store, &key).await;
+        assert_eq!(index.recording_id, h.session_id);
+        assert_eq!(index.resource, h.resource);
+        assert_eq!(index.user, h.user);
+        assert!(index.ended_at >= index.started_at);
         assert!(
             recover_incomplete(&*store, &prefix)
                 .await
