@@ -232,11 +232,23 @@ fn query_lines(
         Some(reason) => format!("{decision}: {}", sanitize(reason)),
         None => decision,
     }];
-    parts.push(format!(
-        "{} {}",
-        query.rows,
-        plural(query.rows, "row", "rows")
-    ));
+    match &query.transfer {
+        // A channel (SSH exec, subsystem, forward): what it moved and how it ended.
+        Some(t) => {
+            parts.push(format!(
+                "{} bytes in, {} bytes out",
+                t.bytes_in, t.bytes_out
+            ));
+            if let Some(status) = t.exit_status {
+                parts.push(format!("exit status {status}"));
+            }
+        }
+        None => parts.push(format!(
+            "{} {}",
+            query.rows,
+            plural(query.rows, "row", "rows")
+        )),
+    }
     parts.push(format!("{:.1} ms", query.duration_ms));
     if let Some(error) = &query.error {
         parts.push(format!(

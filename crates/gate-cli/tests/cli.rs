@@ -45,6 +45,7 @@ fn entry(statement: &str, action: Action) -> QueryEntry {
         rows: 2,
         duration: Duration::from_micros(1500),
         error: None,
+        transfer: None,
     }
 }
 

@@ -369,7 +369,11 @@ impl Session {
                     code: format!("SIG{signal}"),
                     message: "terminated by a signal".into(),
                 }),
-                // TODO(ssh-recording): exit status and byte counts once QueryEntry has them.
+                transfer: Some(gate_recording::Transfer {
+                    bytes_in: outcome.bytes_in,
+                    bytes_out: outcome.bytes_out,
+                    exit_status: outcome.exit_status,
+                }),
             })
             .await;
     }
@@ -469,6 +473,7 @@ impl Session {
                 error: outcome
                     .error
                     .map(|(code, message)| EntryError { code, message }),
+                transfer: None,
             })
             .await;
     }

@@ -60,6 +60,20 @@ pub struct QueryLine {
     pub duration_ms: f64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<EntryError>,
+    /// What a channel-like request moved and how it ended (SSH exec, subsystem, forward).
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
+}
+
+/// Bytes a channel-like request moved, and its exit status when it had one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// Client to upstream.
+    pub bytes_in: u64,
+    /// Upstream to client.
+    pub bytes_out: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<u32>,
 }
 
 /// An error the upstream (or Gate) returned for a request.

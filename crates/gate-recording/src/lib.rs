@@ -89,7 +89,8 @@ use uuid::Uuid;
 
 pub use cast::{CAST_VERSION, CastEvent, CastHeader, EventCode, read_cast};
 pub use format::{
-    EndLine, EntryError, FORMAT_VERSION, QueryLine, RecordLine, SessionLine, read_recording,
+    EndLine, EntryError, FORMAT_VERSION, QueryLine, RecordLine, SessionLine, Transfer,
+    read_recording,
 };
 pub use index::{
     INDEX_SUFFIX, RecordingIndex, RecordingKind, find_recording, list_recordings, pick_recording,
@@ -471,6 +472,8 @@ pub struct QueryEntry {
     pub rows: u64,
     pub duration: Duration,
     pub error: Option<EntryError>,
+    /// For channel-like requests (SSH exec, subsystem, port forward): bytes and exit status.
+    pub transfer: Option<Transfer>,
 }
 
 /// The pipeline's counts for the `end` line.
@@ -510,6 +513,7 @@ impl SessionRecorder {
             rows: entry.rows,
             duration_ms: entry.duration.as_secs_f64() * 1000.0,
             error: entry.error,
+            transfer: entry.transfer,
         }));
         let msg = Msg::Line {
             meta: self.meta.clone(),

@@ -39,6 +39,7 @@ fn entry(statement: impl Into<String>) -> QueryEntry {
         rows: 3,
         duration: Duration::from_micros(1500),
         error: None,
+        transfer: None,
     }
 }
 

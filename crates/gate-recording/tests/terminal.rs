@@ -288,6 +288,7 @@ async fn hooks_and_listings_cover_both_kinds_newest_first() {
             rows: 1,
             duration: Duration::from_millis(1),
             error: None,
+            transfer: None,
         })
         .await;
     session.finish(SessionSummary::default()).await;
