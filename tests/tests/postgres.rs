@@ -1106,3 +1106,74 @@ async fn a_client_vanishing_mid_result_does_not_poison_the_pool() {
         .await;
     assert!(!events.is_empty());
 }
+
+#[tokio::test]
+async fn an_operator_ends_a_live_session_with_57p01() {
+    const ADMIN_TOKEN: &str = "tok-admin-pg-0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(ADMIN_TOKEN.as_bytes()))
+    };
+    let env = start(Opts {
+        extra: format!("admin: {{token_sha256: \"{digest}\"}}\n"),
+        ..example()
+    })
+    .await;
+    let c = env.connect_alice().await;
+    c.simple_query("SELECT 1").await.unwrap();
+    let health = env.gw.health_addr().expect("health addr").to_string();
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let list = gate_test_support::http_request(
+        &health,
+        "GET",
+        "/admin/sessions",
+        &[("authorization", &auth)],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(list.status, 200, "{}", list.body);
+    let sessions: serde_json::Value = serde_json::from_str(&list.body).unwrap();
+    let id = sessions[0]["id"]
+        .as_str()
+        .expect("one live session")
+        .to_string();
+    assert_eq!(sessions[0]["user"], "alice");
+    let c = std::sync::Arc::new(c);
+    let in_flight = tokio::spawn({
+        let c = c.clone();
+        async move { c.simple_query("SELECT pg_sleep(30)").await.map(|_| ()) }
+    });
+    let r = gate_test_support::http_request(
+        &health,
+        "POST",
+        &format!("/admin/sessions/{id}/terminate"),
+        &[("authorization", &auth)],
+        br#"{"reason": "credentials rotated"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The client learns why, with admin_shutdown's SQLSTATE, and the session is closed.
+    let err = tokio::time::timeout(Duration::from_secs(20), in_flight)
+        .await
+        .expect("session ended by the operator")
+        .unwrap()
+        .expect_err("the query is cut short");
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "57P01", "{err}");
+    assert!(message.contains("credentials rotated"), "{message}");
+    env.wait_audit("session_terminated", |e| e["kind"] == "session_terminated")
+        .await;
+    // An unknown id is a 404, not a crash.
+    let r = gate_test_support::http_request(
+        &health,
+        "POST",
+        &format!("/admin/sessions/{id}/terminate"),
+        &[("authorization", &auth)],
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 404);
+}

@@ -128,6 +128,10 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
     let health_state = Arc::new(HealthState {
         pipeline: pipeline.clone(),
         ready: false.into(),
+        admin_token: cfg
+            .admin
+            .as_ref()
+            .and_then(|a| gate_core::secret::TokenDigest::from_hex(&a.token_sha256)),
     });
     let health_task = match &cfg.health_addr {
         Some(addr) => {

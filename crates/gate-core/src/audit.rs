@@ -13,6 +13,8 @@ pub enum AuditKind {
     SessionEnd,
     AuthFailure,
     PolicyDecision,
+    /// An operator ended a live session (`reason` says who and why).
+    SessionTerminated,
 }
 
 /// Who an event is about. Never contains a credential.

@@ -43,9 +43,20 @@ pub struct ConnectorConfig {
     pub masking: MaskingConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// The operator API on `health_addr` (`/admin/sessions`); off unless a token is set.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
     /// Where the connector keeps state it must not lose across restarts (the SSH host key).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+}
+
+/// The connector's operator API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// SHA-256 (hex) of the bearer token operators present (`gate-connector hash-token`).
+    pub token_sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -461,6 +472,21 @@ impl ConnectorConfig {
                     );
                 }
             }
+        }
+
+        if let Some(a) = &self.admin
+            && TokenDigest::from_hex(&a.token_sha256).is_none()
+        {
+            err(
+                "admin.token_sha256".into(),
+                "must be 64 hex digits (use `gate-connector hash-token`)".into(),
+            );
+        }
+        if self.admin.is_some() && self.health_addr.is_none() {
+            err(
+                "admin".into(),
+                "the admin API is served on health_addr; set health_addr".into(),
+            );
         }
 
         let mut names = HashSet::new();

@@ -120,15 +120,22 @@ pub(crate) async fn run(
         shapes: ShapeCache::new(),
         facts: std::sync::Mutex::new(gate_sql::FactsCache::new()),
     };
-    let shutdown = handler.pipeline.shutdown_signal();
+    // Ends the session from outside: gateway shutdown, or an operator's termination.
+    let pipeline_shutdown = handler.pipeline.shutdown_signal();
+    let shutdown = async move {
+        tokio::select! {
+            _ = pipeline_shutdown => ("Gate is shutting down".to_string(), "gateway shutdown"),
+            why = session.terminated() => (why, "terminated by an operator"),
+        }
+    };
     tokio::pin!(shutdown);
     let reason = loop {
         let cmd = tokio::select! {
             p = packet::read_packet(&mut r.client, &mut r.cbuf, MAX_CLIENT_PACKET) => p,
-            _ = &mut shutdown => {
+            (why, end) = &mut shutdown => {
                 r.cseq = 0;
-                r.send_err(1927, "08S01", "Connection killed: Gate is shutting down").await;
-                break "gateway shutdown";
+                r.send_err(1927, "08S01", &format!("Connection killed: {why}")).await;
+                break end;
             }
         };
         let cmd = match cmd {

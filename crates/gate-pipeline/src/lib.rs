@@ -224,6 +224,55 @@ impl Pipeline {
         }
     }
 
+    /// Open sessions, oldest first.
+    pub fn live_session_list(&self) -> Vec<LiveSessionInfo> {
+        let mut list: Vec<_> = self.live.lock().values().map(|e| e.info.clone()).collect();
+        list.sort_by_key(|i| i.started_at);
+        list
+    }
+
+    /// Asks the session `id` to end with `reason` (shown to its user where the protocol
+    /// can). Handlers notice within a second or two. `false` when no such session is open.
+    pub async fn terminate_session(&self, id: uuid::Uuid, reason: &str, by: &str) -> bool {
+        let info = {
+            let live = self.live.lock();
+            let Some(entry) = live.get(&id) else {
+                return false;
+            };
+            entry.terminate.send_replace(Some(reason.to_string()));
+            entry.info.clone()
+        };
+        tracing::info!(session = %id, by, reason, "session terminated by an operator");
+        self.audit
+            .emit(AuditEvent {
+                session_id: Some(id),
+                resource: Some(info.resource),
+                protocol: Some(info.protocol),
+                client_addr: Some(info.client_addr),
+                presented_user: Some(info.user),
+                reason: Some(format!("terminated by {by}: {reason}")),
+                ..AuditEvent::new(AuditKind::SessionTerminated)
+            })
+            .await;
+        true
+    }
+
+    pub(crate) fn register_live(&self, info: LiveSessionInfo) -> watch::Receiver<Option<String>> {
+        let (tx, rx) = watch::channel(None);
+        self.live.lock().insert(
+            info.id,
+            LiveEntry {
+                info,
+                terminate: tx,
+            },
+        );
+        rx
+    }
+
+    pub(crate) fn unregister_live(&self, id: uuid::Uuid) {
+        self.live.lock().remove(&id);
+    }
+
     /// Tells every session to end (after the drain deadline).
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
@@ -242,4 +291,29 @@ impl Pipeline {
 struct LiveSessions {
     count: AtomicUsize,
     changed: Notify,
+    /// Open sessions by id, with the switch that ends them.
+    registry: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, LiveEntry>>,
+}
+
+struct LiveEntry {
+    info: LiveSessionInfo,
+    terminate: watch::Sender<Option<String>>,
+}
+
+/// An open session as operators see it (`GET /admin/sessions`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveSessionInfo {
+    pub id: uuid::Uuid,
+    pub protocol: String,
+    pub resource: String,
+    pub user: String,
+    pub client_addr: String,
+    #[serde(with = "gate_core::time::serde_rfc3339")]
+    pub started_at: std::time::SystemTime,
+}
+
+impl LiveSessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<uuid::Uuid, LiveEntry>> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }

@@ -170,6 +170,8 @@ pub struct Session {
     /// Per (stage, action) histograms, resolved once per session instead of per request.
     eval_histograms: [[OnceLock<Histogram>; 5]; 3],
     request_histogram: Histogram,
+    /// Set (with the reason) when an operator ends the session.
+    termination: Option<tokio::sync::watch::Receiver<Option<String>>>,
     closed: bool,
 }
 
@@ -240,6 +242,7 @@ impl Pipeline {
             errors: AtomicU64::new(0),
             eval_histograms: Default::default(),
             request_histogram: self.metrics.request_duration.with_label_values(&labels),
+            termination: None,
             closed: true,
         };
         session.session_facts.id = session.id;
@@ -276,6 +279,14 @@ impl Pipeline {
             started_at: SystemTime::now(),
         }));
         session.closed = false;
+        session.termination = Some(self.register_live(crate::LiveSessionInfo {
+            id: session.id,
+            protocol: protocol.to_string(),
+            resource: session.resource.name.clone(),
+            user: session.identity.name.clone(),
+            client_addr: session.client.addr.to_string(),
+            started_at: SystemTime::now(),
+        }));
         self.metrics
             .sessions_active
             .with_label_values(&labels)
@@ -296,6 +307,27 @@ impl Pipeline {
 impl Session {
     pub fn masker(&self) -> &Masker {
         &self.pipeline.masker
+    }
+
+    /// Why an operator ended this session, once one did ([`Pipeline::terminate_session`]).
+    pub fn termination_reason(&self) -> Option<String> {
+        self.termination.as_ref().and_then(|rx| rx.borrow().clone())
+    }
+
+    /// Resolves with the reason when an operator ends this session.
+    pub async fn terminated(&self) -> String {
+        let Some(mut rx) = self.termination.clone() else {
+            return std::future::pending().await;
+        };
+        let reason = rx
+            .wait_for(|r| r.is_some())
+            .await
+            .ok()
+            .and_then(|r| r.clone());
+        match reason {
+            Some(r) => r,
+            None => std::future::pending().await,
+        }
     }
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
@@ -518,6 +550,7 @@ impl Session {
             })
             .await;
         tracing::info!(session = %self.id, queries = self.queries.load(Ordering::Relaxed), blocked = self.blocked.load(Ordering::Relaxed), reason, "session closed");
+        self.pipeline.unregister_live(self.id);
         let live = &self.pipeline.live;
         live.count.fetch_sub(1, Ordering::Relaxed);
         live.changed.notify_waiters();
@@ -673,6 +706,7 @@ impl Drop for Session {
                 errors: AtomicU64::new(self.errors.load(Ordering::Relaxed)),
                 eval_histograms: Default::default(),
                 request_histogram: self.request_histogram.clone(),
+                termination: None,
                 closed: false,
             };
             self.closed = true;

@@ -476,7 +476,14 @@ impl PostgresHandler {
         settings: &[(String, String)],
         pid: i32,
     ) -> &'static str {
-        let shutdown = self.pipeline.shutdown_signal();
+        // Ends the session from outside: gateway shutdown, or an operator's termination.
+        let pipeline_shutdown = self.pipeline.shutdown_signal();
+        let shutdown = async move {
+            tokio::select! {
+                _ = pipeline_shutdown => ("Gate is shutting down".to_string(), "gateway shutdown"),
+                why = session.terminated() => (why, "terminated by an operator"),
+            }
+        };
         tokio::pin!(shutdown);
         let mut upstream = match upstream {
             Some(u) => u,
@@ -497,9 +504,9 @@ impl PostgresHandler {
                             Ok(0) | Err(_) => return "client went away",
                             Ok(_) => {}
                         },
-                        _ = &mut shutdown => {
-                            refuse(&mut client, "57P01", "terminating connection: Gate is shutting down").await;
-                            return "gateway shutdown";
+                        (why, end) = &mut shutdown => {
+                            refuse(&mut client, "57P01", &format!("terminating connection: {why}")).await;
+                            return end;
                         }
                     }
                 }
@@ -525,19 +532,19 @@ impl PostgresHandler {
             let (mut ur, mut uw) = stream.split();
             let (mut cr, mut cw) = tokio::io::split(&mut client);
             tokio::select! {
-                e = relay.client_to_upstream(&mut cr, &mut uw, &mut buf) => (e, false),
-                e = relay.upstream_to_client(&mut ur, &mut cw, rbuf) => (e, false),
-                _ = &mut shutdown => (RelayEnd::ClientGone, true),
+                e = relay.client_to_upstream(&mut cr, &mut uw, &mut buf) => (e, None),
+                e = relay.upstream_to_client(&mut ur, &mut cw, rbuf) => (e, None),
+                ended = &mut shutdown => (RelayEnd::ClientGone, Some(ended)),
             }
         };
-        let reason = if shut_down {
+        let reason = if let Some((why, end)) = &shut_down {
             refuse(
                 &mut client,
                 "57P01",
-                "terminating connection: Gate is shutting down",
+                &format!("terminating connection: {why}"),
             )
             .await;
-            "gateway shutdown"
+            *end
         } else {
             match &end {
                 RelayEnd::ClientGone => "client disconnected",
@@ -565,7 +572,7 @@ impl PostgresHandler {
         };
         // Reuse the upstream only if it is quiet and can be reset; otherwise close it.
         if matches!(end, RelayEnd::ClientGone)
-            && !shut_down
+            && shut_down.is_none()
             && let Some(tx) = relay.upstream_reusable()
         {
             drop(relay);

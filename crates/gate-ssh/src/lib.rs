@@ -164,7 +164,8 @@ impl SshHandler {
         end.finish(pipeline, &client, &reason).await;
     }
 
-    /// Resolves with a reason when the session's idle timeout or maximum duration passes.
+    /// Resolves with a reason when the session's idle timeout or maximum duration passes, or
+    /// an operator terminates it (checked every [`LIMIT_CHECK`]).
     async fn limits(&self, end: &EndState, activity: &Activity) -> String {
         let opened = tokio::time::Instant::now();
         loop {
@@ -172,6 +173,9 @@ impl SshHandler {
             let Some(session) = end.session() else {
                 continue;
             };
+            if let Some(why) = session.termination_reason() {
+                return format!("session terminated by an operator: {why}");
+            }
             let Some(r) = self.shared.resources.get(&session.resource.name) else {
                 continue;
             };
