@@ -34,6 +34,11 @@ const IN_MEMORY_ASSEMBLY_MAX: u64 = 8 * 1024 * 1024;
 const READ_AHEAD: usize = 8;
 /// Multipart parts uploading at once per assembly.
 const PART_CONCURRENCY: usize = 4;
+/// Messages taken per wake-up before other work (store completions, ticks) gets a turn.
+const DRAIN_MAX: usize = 1024;
+/// After a wake-up the writer waits this long before taking messages again, so that under
+/// load messages are picked up in batches rather than one wake-up each.
+const COALESCE: Duration = Duration::from_millis(2);
 /// Retries of a failed checkpoint write before its lines are given up.
 const SEGMENT_RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(1)];
 /// Suffix of the index stub a terminal recording writes with its first checkpoint.
@@ -197,35 +202,70 @@ pub(crate) async fn run(
             _ = tick.tick() => w.checkpoint_dirty(),
             // Not taking messages while too much store work is queued is what turns a slow
             // store into backpressure on the sessions.
-            msg = rx.recv(), if w.io.len() < max_queued => match msg {
-                Some(Msg::Line { meta, line, blocked, error }) => w.line(meta, line, blocked, error),
-                Some(Msg::Finish { meta, summary, ended_at, duration }) => {
-                    if !w.closed.remove(&meta.id) {
-                        w.finish(meta, summary, ended_at, duration);
+            msg = rx.recv(), if w.io.len() < max_queued => {
+                let mut next = msg;
+                let mut taken = 0;
+                loop {
+                    let Some(msg) = next else {
+                        // Every sender is gone: nothing more can arrive.
+                        w.finish_all();
+                        while let Some(done) = w.io.join_next_with_id().await {
+                            w.io_done(done);
+                        }
+                        return;
+                    };
+                    w.handle(msg);
+                    taken += 1;
+                    if taken >= DRAIN_MAX || w.io.len() >= max_queued {
+                        break;
                     }
+                    next = match rx.try_recv() {
+                        Ok(m) => Some(m),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    };
                 }
-                Some(Msg::Flush(ack)) => {
-                    w.checkpoint_dirty();
-                    w.add_barrier(ack);
-                }
-                Some(Msg::Shutdown(ack)) => {
-                    w.finish_all();
-                    w.add_barrier(ack);
-                }
-                None => {
-                    // Every sender is gone: nothing more can arrive.
-                    w.finish_all();
-                    while let Some(done) = w.io.join_next_with_id().await {
-                        w.io_done(done);
-                    }
-                    return;
-                }
-            },
+                // Let entries accumulate for a moment instead of being woken for each one:
+                // under load a recorded request then costs a channel push, not a task
+                // wake-up (and often a thread wake-up) per request.
+                tokio::time::sleep(COALESCE).await;
+            }
         }
     }
 }
 
 impl Writer {
+    /// Applies one message. Every kind goes through here, whether it came from a blocking
+    /// receive or from draining the channel.
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Line {
+                meta,
+                line,
+                blocked,
+                error,
+            } => self.line(meta, line, blocked, error),
+            Msg::Finish {
+                meta,
+                summary,
+                ended_at,
+                duration,
+            } => {
+                if !self.closed.remove(&meta.id) {
+                    self.finish(meta, summary, ended_at, duration);
+                }
+            }
+            Msg::Flush(ack) => {
+                self.checkpoint_dirty();
+                self.add_barrier(ack);
+            }
+            Msg::Shutdown(ack) => {
+                self.finish_all();
+                self.add_barrier(ack);
+            }
+        }
+    }
+
     fn line(&mut self, meta: Arc<SessionMeta>, line: Vec<u8>, blocked: bool, error: bool) {
         if self.closed.contains(&meta.id) {
             tracing::debug!(recording_id = %meta.id, "entry after shutdown finished the recording; discarded");
