@@ -13,7 +13,7 @@ help:
 	@echo "make lint   rustfmt check and clippy with warnings as errors"
 	@echo "make build  release build of the binaries (target/release/)"
 	@echo "make demo   run the connector in front of a throwaway PostgreSQL"
-	@echo "make bench  benchmarks (scripts/bench.sh, scripts/bench-mysql.sh)"
+	@echo "make bench  benchmarks (scripts/bench.sh, scripts/bench-mysql.sh, scripts/bench-ssh.sh)"
 	@echo "make fuzz   run each fuzz target for FUZZ_SECONDS (default 60)"
 
 setup:
@@ -38,10 +38,12 @@ demo:
 	scripts/demo.sh
 
 # PostgreSQL (pgbench: direct, pgbouncer-TLS, Gate-TLS; idle sessions), then MySQL (sysbench:
-# direct-TLS vs Gate-TLS). docs/benchmarks.md explains the figures.
+# direct-TLS vs Gate-TLS), then SSH (OpenSSH direct vs through Gate: throughput, round trip).
+# docs/benchmarks.md explains the figures.
 bench:
 	scripts/bench.sh
 	scripts/bench-mysql.sh
+	scripts/bench-ssh.sh
 
 fuzz:
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked

@@ -10,6 +10,17 @@
 #   reachable from the tests, so the S3 recording tests run this documented in-memory mock of
 #   the S3 API instead. Into a venv under .data/ when python3 is an externally managed system
 #   Python (Debian's), where pip refuses to install.
+# - OpenSSH: the server (`sshd`, for the throwaway SSH upstreams of gate-test-support's
+#   sshd module) and the clients the SSH tests drive (ssh, scp, sftp, ssh-keygen,
+#   ssh-keyscan); rsync; the `sshd` privilege separation user and /run/sshd; and the
+#   `gate-ssh-test` login user (home /var/lib/gate-ssh-test, /bin/bash). gate-test-support
+#   creates that user itself when the tests run as root and it is missing, and sets its
+#   (random) password with chpasswd, keeping it in the root-only file
+#   /var/lib/gate-ssh-test/.gate-test-password; this script only creates the account;
+# - asciinema 2.x (`pip install 'asciinema<3'`), a real player to check SSH session
+#   recordings with; into a venv under .data/ like moto. The script prints where it is;
+#   gate-test-support finds it as GATE_ASCIINEMA, .data/asciinema-venv/bin/asciinema, or
+#   `asciinema` on PATH.
 # Idempotent: on a machine that already has everything it only reports what it found.
 # Debian/Ubuntu; needs root (or passwordless sudo) only when something must be installed.
 set -euo pipefail
@@ -90,6 +101,21 @@ find_moto() {
   return 1
 }
 
+# asciinema 2.x, as gate-test-support looks for it: GATE_ASCIINEMA, the venv this script makes
+# for an externally managed python3, then `asciinema` on PATH. Prints the path and version.
+asciinema_venv=.data/asciinema-venv
+find_asciinema() {
+  local p v
+  for p in "${GATE_ASCIINEMA:-}" "$asciinema_venv/bin/asciinema" "$(command -v asciinema 2>/dev/null || true)"; do
+    if [ -n "$p" ] && [ -x "$p" ] && v=$("$p" --version 2>/dev/null); then
+      case "$v" in
+        *" 2."*) echo "$p ($v)"; return 0 ;;
+      esac
+    fi
+  done
+  return 1
+}
+
 mariadb_jar=/usr/share/java/mariadb-java-client.jar
 
 # Collect every missing Debian package first: one `apt-get update`, one `apt-get install`.
@@ -131,6 +157,25 @@ else
   add_missing mariadb-client
 fi
 
+# --- OpenSSH: sshd, the clients and ssh-keygen; rsync ---
+if sshd_bin=$(find_prog sshd); then
+  say "sshd: $sshd_bin ($("$sshd_bin" -V 2>&1 | head -n 1 || echo '?'))"
+else
+  add_missing openssh-server
+fi
+for tool in ssh scp sftp ssh-keygen ssh-keyscan; do
+  if find_prog "$tool" >/dev/null; then
+    say "$tool: found"
+  else
+    add_missing openssh-client
+  fi
+done
+if command -v rsync >/dev/null 2>&1; then
+  say "rsync: found"
+else
+  add_missing rsync
+fi
+
 # --- Java: a runtime and MariaDB Connector/J ---
 if command -v java >/dev/null 2>&1; then
   say "java: found ($(java -version 2>&1 | head -n 1))"
@@ -152,8 +197,8 @@ fi
 
 # --- Python: moto's venv needs `python3 -m venv`, which on Debian needs python3-venv (it
 # ships ensurepip) ---
-if command -v python3 >/dev/null 2>&1 && ! find_moto >/dev/null && python_externally_managed \
-  && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+if command -v python3 >/dev/null 2>&1 && { ! find_moto >/dev/null || ! find_asciinema >/dev/null; } \
+  && python_externally_managed && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
   add_missing python3-venv
 fi
 
@@ -176,6 +221,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
       find_prog mariadb-install-db mysql_install_db >/dev/null || { say "MariaDB installed but mariadb-install-db still not found"; exit 1; }
       find_prog mariadb >/dev/null || { say "MariaDB installed but the mariadb client still not found"; exit 1; }
       say "installed: $mariadbd ($("$mariadbd" --version))"
+      ;;
+  esac
+  case " ${missing[*]} " in
+    *" openssh-server "*|*" openssh-client "*)
+      # The package may start a system sshd on port 22; the tests never use it.
+      sshd_bin=$(find_prog sshd) || { say "openssh-server installed but sshd still not found"; exit 1; }
+      for tool in ssh scp sftp ssh-keygen ssh-keyscan; do
+        find_prog "$tool" >/dev/null || { say "openssh-client installed but $tool still not found"; exit 1; }
+      done
+      say "installed: $sshd_bin ($("$sshd_bin" -V 2>&1 | head -n 1))"
       ;;
   esac
   case " ${missing[*]} " in
@@ -208,6 +263,22 @@ ensure_system_user postgres /var/lib/postgresql /bin/bash
 # The Debian mariadb-server package creates it like this; a machine with a MariaDB from
 # elsewhere may not have it.
 ensure_system_user mysql /nonexistent /bin/false
+# sshd's privilege separation user and directory (the openssh-server package makes the user;
+# /run is often empty in containers). gate-test-support creates both too when it runs as root.
+ensure_system_user sshd /run/sshd /usr/sbin/nologin
+if [ ! -d /run/sshd ]; then
+  if [ "$(id -u)" -eq 0 ] || command -v sudo >/dev/null 2>&1; then
+    as_root install -d -m 0755 /run/sshd && say "created /run/sshd"
+  fi
+fi
+# The login user of the throwaway sshd: a real shell and a home it can write (scp and sftp
+# tests copy files there). Its password is set by gate-test-support (see the top).
+ensure_system_user gate-ssh-test /var/lib/gate-ssh-test /bin/bash
+if id gate-ssh-test >/dev/null 2>&1 && [ ! -d /var/lib/gate-ssh-test ] \
+  && [ "$(getent passwd gate-ssh-test | cut -d: -f6)" = /var/lib/gate-ssh-test ]; then
+  as_root install -d -m 0755 -o gate-ssh-test -g "$(id -gn gate-ssh-test)" /var/lib/gate-ssh-test \
+    && say "created /var/lib/gate-ssh-test"
+fi
 
 # --- Python: PyMySQL ---
 if ! command -v python3 >/dev/null 2>&1; then
@@ -253,6 +324,26 @@ else
   PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check 'moto[server]'
   moto=$(find_moto) || { say "moto[server] installed but neither moto_server nor python3 -m moto.server starts"; exit 1; }
   say "installed: moto $(python3 -c 'import moto; print(moto.__version__)') ($moto)"
+fi
+
+# --- Python: asciinema 2.x, a real player for SSH session recordings ---
+if asciinema=$(find_asciinema); then
+  say "asciinema: found: $asciinema"
+elif ! command -v python3 >/dev/null 2>&1; then
+  say "asciinema: missing and python3 not found (the asciinema playback checks will be skipped)"
+elif python_externally_managed; then
+  say "asciinema: missing -> python3 -m venv $asciinema_venv; pip install 'asciinema>=2,<3' there"
+  mkdir -p "$(dirname "$asciinema_venv")"
+  [ -x "$asciinema_venv/bin/python" ] || python3 -m venv "$asciinema_venv"
+  "$asciinema_venv/bin/python" -m pip install --quiet --disable-pip-version-check 'asciinema>=2,<3'
+  asciinema=$(find_asciinema) || { say "asciinema installed but $asciinema_venv/bin/asciinema does not run"; exit 1; }
+  say "installed: asciinema: $asciinema"
+else
+  say "asciinema: missing -> python3 -m pip install 'asciinema>=2,<3'"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check 'asciinema>=2,<3'
+  hash -r
+  asciinema=$(find_asciinema) || { say "asciinema installed but not found on PATH (set GATE_ASCIINEMA to it)"; exit 1; }
+  say "installed: asciinema: $asciinema"
 fi
 
 # --- Node: mysql2 in tests/node/ (a project-local install; node_modules is not committed) ---

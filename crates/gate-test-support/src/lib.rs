@@ -8,6 +8,8 @@
 //!   temp dir), serving TLS too.
 //! - [`certs::TestCerts`]: a CA and a `localhost`/`127.0.0.1` server certificate.
 //! - [`s3::S3Server`]: a local S3-compatible server (moto) for object-store recordings.
+//! - [`sshd::SshServer`]: a throwaway OpenSSH server (`sshd` on a free port, logging in the
+//!   `gate-ssh-test` user), and blocking `ssh`/`scp`/`sftp` client helpers.
 //! - [`gateway::Gateway`]: the `gate-connector` binary, started with a YAML config and
 //!   stopped when dropped.
 //! - [`cargo_bin`]: the path of a workspace binary, built on demand.
@@ -27,6 +29,9 @@
 //! - `GATE_MOTO_SERVER`: the `moto_server` program to run for [`s3::S3Server`] (default:
 //!   `.data/moto-venv/bin/moto_server` in the workspace, then `PATH`, then
 //!   `python3 -m moto.server`).
+//! - `GATE_SSHD`: the `sshd` to run for [`sshd::SshServer`] (default: `PATH`, then `/usr/sbin`).
+//! - `GATE_ASCIINEMA`: the `asciinema` (2.x) program [`sshd::asciinema_binary`] names (default:
+//!   `.data/asciinema-venv/bin/asciinema` in the workspace, then `PATH`).
 //! - `GATE_TEST_TMPDIR`: where throwaway servers put their data (default: the system temp dir).
 //! - `GATE_TEST_KEEP=1`: keep throwaway data directories after the tests, for debugging.
 
@@ -35,6 +40,7 @@ pub mod gateway;
 pub mod mariadb;
 pub mod postgres;
 pub mod s3;
+pub mod sshd;
 mod watchdog;
 
 use anyhow::{Context, bail};
