@@ -9,6 +9,7 @@ pub mod audit;
 pub mod config;
 pub mod decision;
 pub mod facts;
+pub mod glob;
 pub mod identity;
 pub mod secret;
 pub mod time;

@@ -172,6 +172,8 @@ pub struct Session {
     request_histogram: Histogram,
     /// Set (with the reason) when an operator ends the session.
     termination: Option<tokio::sync::watch::Receiver<Option<String>>>,
+    /// Would-be decisions of dry-run policies, audited by the hook that evaluated them.
+    dry_runs: std::sync::Mutex<Vec<(Stage, gate_policy::DryRunOutcome)>>,
     closed: bool,
 }
 
@@ -243,6 +245,7 @@ impl Pipeline {
             eval_histograms: Default::default(),
             request_histogram: self.metrics.request_duration.with_label_values(&labels),
             termination: None,
+            dry_runs: Default::default(),
             closed: true,
         };
         session.session_facts.id = session.id;
@@ -435,6 +438,9 @@ impl Session {
         if decision.action != Action::Allow {
             self.audit_decision(Stage::PostRequest, &decision, facts)
                 .await;
+        } else {
+            self.audit_dry_runs(facts.map(|f| (f.statement.as_str(), f.query_type.as_str())))
+                .await;
         }
         match decision.action {
             Action::Allow => Ok(MaskPlan::empty()),
@@ -462,6 +468,8 @@ impl Session {
         }
         let decision = self.evaluate(Stage::PostRequest, facts, Some(&[]));
         if decision.action == Action::Allow && decision.masks.is_empty() {
+            self.audit_dry_runs(facts.map(|f| (f.statement.as_str(), f.query_type.as_str())))
+                .await;
             return Ok(());
         }
         let refusal = Decision {
@@ -597,7 +605,21 @@ impl Session {
                 message: "session facts could not be converted".into(),
             }),
         };
-        let decision = match input.and_then(|i| policies.evaluate_input(stage, &i)) {
+        let evaluated = input.and_then(|i| {
+            if policies.has_targeting() {
+                let e = policies.evaluate_for(stage, &self.resource.name, &i)?;
+                if !e.dry_run.is_empty() {
+                    self.dry_runs
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(e.dry_run.into_iter().map(|d| (stage, d)));
+                }
+                Ok(e.decision)
+            } else {
+                policies.evaluate_input(stage, &i)
+            }
+        });
+        let decision = match evaluated {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(session = %self.id, %stage, error = %e, "policy evaluation failed; denying");
@@ -633,6 +655,7 @@ impl Session {
         decision: &Decision,
         request: Option<(&str, &str)>,
     ) {
+        self.audit_dry_runs(request).await;
         self.pipeline
             .metrics
             .decisions
@@ -656,6 +679,39 @@ impl Session {
                 ..self.event(AuditKind::PolicyDecision)
             })
             .await;
+    }
+
+    /// Audits what dry-run policies would have decided (never enforced).
+    async fn audit_dry_runs(&self, request: Option<(&str, &str)>) {
+        let pending = {
+            let mut d = self.dry_runs.lock().unwrap_or_else(|p| p.into_inner());
+            if d.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *d)
+        };
+        for (stage, outcome) in pending {
+            let (action, reason) = match &outcome.result {
+                Ok(d) => (d.action, d.reason.clone()),
+                Err(e) => (Action::Block, Some(format!("evaluation failed: {e}"))),
+            };
+            self.pipeline
+                .audit
+                .emit(AuditEvent {
+                    session_id: Some(self.id),
+                    stage: Some(stage),
+                    action: Some(action),
+                    reason: Some(match reason {
+                        Some(r) => format!("dry run of {}: {r}", outcome.policy),
+                        None => format!("dry run of {}", outcome.policy),
+                    }),
+                    statement: request.map(|(statement, _)| statement.to_string()),
+                    query_type: request.map(|(_, kind)| kind.to_string()),
+                    dry_run: true,
+                    ..self.event(AuditKind::PolicyDecision)
+                })
+                .await;
+        }
     }
 
     fn audit_identity(&self) -> AuditIdentity {
@@ -707,6 +763,7 @@ impl Drop for Session {
                 eval_histograms: Default::default(),
                 request_histogram: self.request_histogram.clone(),
                 termination: None,
+                dry_runs: Default::default(),
                 closed: false,
             };
             self.closed = true;

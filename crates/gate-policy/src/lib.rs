@@ -99,6 +99,10 @@ pub struct PolicySource {
     pub name: String,
     pub text: String,
     pub stage: Stage,
+    /// Resource names or shell globs this policy applies to; empty = every resource.
+    pub targets: Vec<String>,
+    /// Evaluated and its would-be decision reported, but never enforced.
+    pub dry_run: bool,
 }
 
 impl PolicySource {
@@ -107,8 +111,37 @@ impl PolicySource {
             name: name.into(),
             text: text.into(),
             stage,
+            targets: Vec::new(),
+            dry_run: false,
         }
     }
+
+    /// Limits the policy to resources matching one of `targets` (names or globs).
+    pub fn with_targets(mut self, targets: Vec<String>) -> Self {
+        self.targets = targets;
+        self
+    }
+
+    /// Makes the policy dry-run: evaluated and reported, not enforced.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+}
+
+/// What a stage decided for a resource: the enforced decision, plus what each dry-run
+/// policy would have decided (`Err` when it failed to evaluate).
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub decision: Decision,
+    pub dry_run: Vec<DryRunOutcome>,
+}
+
+/// The would-be result of one dry-run policy.
+#[derive(Debug, Clone)]
+pub struct DryRunOutcome {
+    pub policy: String,
+    pub result: Result<Decision, String>,
 }
 
 /// Guards against runaway policies. Hitting either limit yields [`PolicyError::Timeout`].
@@ -187,6 +220,9 @@ pub struct PolicyInfo {
     pub backend: Backend,
     /// Why the interpreter runs this policy although the RVM was asked for.
     pub interpreter_reason: Option<String>,
+    /// Resource names or globs it applies to (empty: all).
+    pub targets: Vec<String>,
+    pub dry_run: bool,
 }
 
 impl PolicyInfo {
@@ -333,8 +369,93 @@ impl PolicySet {
         self.evaluate_converted(stage, &input.0)
     }
 
+    /// Evaluates the policies of `stage` that target `resource`: the enforced ones are
+    /// combined into the decision (any error is returned: the caller must deny); dry-run
+    /// ones are evaluated too and reported, never enforced, and their errors never deny.
+    pub fn evaluate_for(
+        &self,
+        stage: Stage,
+        resource: &str,
+        input: &PolicyInput,
+    ) -> Result<Evaluation, PolicyError> {
+        let all = &self.by_stage[stage_index(stage)];
+        let applies =
+            |i: &usize| gate_core::glob::targets_match(&self.sources[*i].info.targets, resource);
+        let enforced: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|i| !self.sources[*i].info.dry_run && applies(i))
+            .collect();
+        let dry: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|i| self.sources[*i].info.dry_run && applies(i))
+            .collect();
+        let decision = if enforced.is_empty() {
+            Decision::allow()
+        } else {
+            self.with_runners(|this, runners| {
+                this.evaluate_with(stage, &enforced, &input.0, runners)
+            })?
+        };
+        let dry_run = dry
+            .into_iter()
+            .map(|i| DryRunOutcome {
+                policy: self.sources[i].info.name.clone(),
+                result: self
+                    .with_runners(|this, runners| {
+                        this.evaluate_with(stage, &[i], &input.0, runners)
+                    })
+                    .map_err(|e| e.to_string()),
+            })
+            .collect();
+        Ok(Evaluation { decision, dry_run })
+    }
+
+    /// Whether any policy is dry-run or limited to some resources: callers that know the
+    /// resource must then use [`PolicySet::evaluate_for`].
+    pub fn has_targeting(&self) -> bool {
+        self.sources
+            .iter()
+            .any(|s| s.info.dry_run || !s.info.targets.is_empty())
+    }
+
+    fn with_runners<R>(
+        &self,
+        f: impl FnOnce(&Self, &mut [Option<Runner>]) -> Result<R, PolicyError>,
+    ) -> Result<R, PolicyError> {
+        let cell = self.runners.get_or(|| RefCell::new(Vec::new()));
+        match cell.try_borrow_mut() {
+            Ok(mut runners) => {
+                if runners.len() < self.sources.len() {
+                    runners.resize_with(self.sources.len(), || None);
+                }
+                f(self, &mut runners)
+            }
+            Err(_) => {
+                let mut scratch: Vec<Option<Runner>> = std::iter::repeat_with(|| None)
+                    .take(self.sources.len())
+                    .collect();
+                f(self, &mut scratch)
+            }
+        }
+    }
+
+    /// Every enforced policy of the stage, whatever it targets; dry-run policies are skipped
+    /// (they are never enforced). Callers that know the resource use `evaluate_for`.
     fn evaluate_converted(&self, stage: Stage, input: &Value) -> Result<Decision, PolicyError> {
-        let indices = &self.by_stage[stage_index(stage)];
+        let all = &self.by_stage[stage_index(stage)];
+        let filtered: Vec<usize>;
+        let indices: &[usize] = if all.iter().any(|i| self.sources[*i].info.dry_run) {
+            filtered = all
+                .iter()
+                .copied()
+                .filter(|i| !self.sources[*i].info.dry_run)
+                .collect();
+            &filtered
+        } else {
+            all
+        };
         if indices.is_empty() {
             return Ok(Decision::allow());
         }
@@ -534,11 +655,7 @@ pub fn read_source(path: &Path, stage: Stage) -> Result<PolicySource, PolicyErro
         path: path.to_path_buf(),
         source,
     })?;
-    Ok(PolicySource {
-        name: path.display().to_string(),
-        text,
-        stage,
-    })
+    Ok(PolicySource::new(path.display().to_string(), text, stage))
 }
 
 /// Collapses a (possibly multi-line, source-annotated) regorus message into one line:
@@ -761,6 +878,8 @@ fn compile_source(
             rule,
             backend,
             interpreter_reason,
+            targets: source.targets.clone(),
+            dry_run: source.dry_run,
         },
         rule_path,
         compiled,

@@ -1092,3 +1092,47 @@ fn eval_speed() {
         );
     }
 }
+
+#[test]
+fn targeted_and_dry_run_policies() {
+    let block_drop = r#"package formal.v2
+import rego.v1
+pre_request := {"action": "block", "reason": "no drops"} if input.query.type == "drop"
+"#;
+    let block_all = r#"package formal.v2
+import rego.v1
+pre_request := {"action": "block", "reason": "would block everything"}
+"#;
+    for evaluator in [Evaluator::Rvm, Evaluator::Interpreter] {
+        let set = compile(
+            evaluator,
+            vec![
+                src("prod.rego", Stage::PreRequest, block_drop)
+                    .with_targets(vec!["prod-*".into(), "db-??".into()]),
+                src("dry.rego", Stage::PreRequest, block_all).dry_run(true),
+            ],
+        )
+        .unwrap();
+        assert!(set.has_targeting());
+        let input = crate::PolicyInput::new(&sql_input("drop", "DROP TABLE users")).unwrap();
+
+        // Targeted: blocks on prod-main and db-01, not on dev-main.
+        for (resource, blocked) in [("prod-main", true), ("db-01", true), ("dev-main", false)] {
+            let e = set
+                .evaluate_for(Stage::PreRequest, resource, &input)
+                .unwrap();
+            assert_eq!(e.decision.is_block(), blocked, "{resource}");
+            // The dry-run policy is reported everywhere, never enforced.
+            assert_eq!(e.dry_run.len(), 1);
+            assert_eq!(e.dry_run[0].policy, "dry.rego");
+            assert!(e.dry_run[0].result.as_ref().unwrap().is_block());
+        }
+        // Without a resource, dry-run policies are skipped, never enforced.
+        let select = crate::PolicyInput::new(&sql_input("select", "SELECT 1")).unwrap();
+        assert!(
+            !set.evaluate_input(Stage::PreRequest, &select)
+                .unwrap()
+                .is_block()
+        );
+    }
+}
