@@ -43,12 +43,66 @@ pub struct ConnectorConfig {
     pub masking: MaskingConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// The control plane this connector registers with and syncs from (optional: without it
+    /// the connector runs from this file alone).
+    #[serde(default)]
+    pub control_plane: Option<ControlPlaneConfig>,
     /// The operator API on `health_addr` (`/admin/sessions`); off unless a token is set.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
     /// Where the connector keeps state it must not lose across restarts (the SSH host key).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+}
+
+/// Where the control plane is and how to stay in sync with it.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// `http://host:port` or `https://host:port` (gRPC on the control plane's listener).
+    pub url: String,
+    /// Single-use token from the control plane; used once, on the first start. Afterwards
+    /// the connector's own credential (kept in `data_dir`) is used and this may be removed.
+    #[serde(default)]
+    pub registration_token: Option<String>,
+    /// PEM CA certificate(s) to verify the control plane's TLS certificate (self-signed
+    /// setups); default: the system's roots are not loaded, so set this for `https://`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Fallback poll interval when the watch stream is down.
+    #[serde(default = "default_sync_interval", deserialize_with = "duration")]
+    pub sync_interval: Duration,
+    /// Up to this much random delay is added to each poll, so connectors spread out.
+    #[serde(default = "default_sync_jitter", deserialize_with = "duration")]
+    pub sync_jitter: Duration,
+    #[serde(default = "default_heartbeat_interval", deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+}
+
+impl fmt::Debug for ControlPlaneConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlPlaneConfig")
+            .field("url", &self.url)
+            .field(
+                "registration_token",
+                &self.registration_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ca_file", &self.ca_file)
+            .field("sync_interval", &self.sync_interval)
+            .field("sync_jitter", &self.sync_jitter)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .finish()
+    }
+}
+
+fn default_sync_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_sync_jitter() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_heartbeat_interval() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// The connector's operator API.
@@ -481,6 +535,22 @@ impl ConnectorConfig {
                 "admin.token_sha256".into(),
                 "must be 64 hex digits (use `gate-connector hash-token`)".into(),
             );
+        }
+        if let Some(cp) = &self.control_plane {
+            if !(cp.url.starts_with("http://") || cp.url.starts_with("https://")) {
+                err(
+                    "control_plane.url".into(),
+                    format!("expected http://host:port or https://host:port, got {:?}", cp.url),
+                );
+            }
+            if let Some(f) = &cp.ca_file
+                && !f.is_file()
+            {
+                err(
+                    "control_plane.ca_file".into(),
+                    format!("file not found: {}", f.display()),
+                );
+            }
         }
         if self.admin.is_some() && self.health_addr.is_none() {
             err(

@@ -41,8 +41,10 @@ impl AuthError {
     }
 }
 
+#[derive(Clone)]
 struct TokenIdentity {
-    digest: TokenDigest,
+    /// `None`: the identity cannot log in with a token (keys only).
+    digest: Option<TokenDigest>,
     identity: Identity,
     /// The base64 key blobs of the identity's registered OpenSSH public keys.
     ssh_keys: Vec<String>,
@@ -51,15 +53,30 @@ struct TokenIdentity {
 /// Verifies credentials against the configured token identities and OIDC provider.
 pub struct Authenticator {
     tokens: HashMap<String, TokenIdentity>,
-    oidc: Option<Oidc>,
+    /// Shared across rebuilds so the JWKS cache survives an identity sync.
+    oidc: Option<Arc<Oidc>>,
+}
+
+/// An identity from elsewhere than the config file (the control plane).
+#[derive(Debug, Clone)]
+pub struct IdentityEntry {
+    pub name: String,
+    pub email: Option<String>,
+    pub groups: Vec<String>,
+    /// SHA-256 (hex) of the identity's token; `None` for key-only identities.
+    pub token_sha256: Option<String>,
+    pub ssh_public_keys: Vec<String>,
 }
 
 impl Authenticator {
     pub fn from_config(cfg: &AuthConfig) -> anyhow::Result<Authenticator> {
         let mut tokens = HashMap::new();
         for t in &cfg.tokens {
-            let digest = TokenDigest::from_hex(&t.token_sha256)
-                .ok_or_else(|| anyhow::anyhow!("auth.tokens: bad token_sha256 for {}", t.name))?;
+            let digest = Some(
+                TokenDigest::from_hex(&t.token_sha256).ok_or_else(|| {
+                    anyhow::anyhow!("auth.tokens: bad token_sha256 for {}", t.name)
+                })?,
+            );
             tokens.insert(
                 t.name.clone(),
                 TokenIdentity {
@@ -86,8 +103,59 @@ impl Authenticator {
                 },
             );
         }
-        let oidc = cfg.oidc.as_ref().map(Oidc::new).transpose()?;
+        let oidc = cfg.oidc.as_ref().map(Oidc::new).transpose()?.map(Arc::new);
         Ok(Authenticator { tokens, oidc })
+    }
+
+    /// This authenticator plus `extra` identities. A name already defined here keeps its
+    /// definition (the config file wins); an entry with malformed data is skipped and
+    /// reported in the returned list of problems.
+    pub fn with_identities(&self, extra: &[IdentityEntry]) -> (Authenticator, Vec<String>) {
+        let mut tokens = self.tokens.clone();
+        let mut problems = Vec::new();
+        for e in extra {
+            if tokens.contains_key(&e.name) {
+                continue;
+            }
+            let digest = match e.token_sha256.as_deref().filter(|h| !h.is_empty()) {
+                None => None,
+                Some(h) => match TokenDigest::from_hex(h) {
+                    Some(d) => Some(d),
+                    None => {
+                        problems.push(format!("identity {}: token_sha256 is not 64 hex digits", e.name));
+                        continue;
+                    }
+                },
+            };
+            let mut ssh_keys = Vec::new();
+            for line in &e.ssh_public_keys {
+                match ssh_key_blob(line) {
+                    Some(b) => ssh_keys.push(b.to_string()),
+                    None => problems.push(format!("identity {}: an SSH public key is malformed", e.name)),
+                }
+            }
+            tokens.insert(
+                e.name.clone(),
+                TokenIdentity {
+                    digest,
+                    identity: Identity {
+                        sub: e.name.clone(),
+                        name: e.name.clone(),
+                        email: e.email.clone(),
+                        groups: e.groups.clone(),
+                        auth_method: AuthMethod::Token,
+                    },
+                    ssh_keys,
+                },
+            );
+        }
+        (
+            Authenticator {
+                tokens,
+                oidc: self.oidc.clone(),
+            },
+            problems,
+        )
     }
 
     /// Checks `secret` for the user named `user`.
@@ -98,7 +166,11 @@ impl Authenticator {
             return oidc.verify(user, secret).await;
         }
         match self.tokens.get(user) {
-            Some(t) if t.digest.matches(secret) => Ok(t.identity.clone()),
+            Some(TokenIdentity {
+                digest: Some(digest),
+                identity,
+                ..
+            }) if digest.matches(secret) => Ok(identity.clone()),
             Some(_) => Err(AuthError::Rejected(user.to_string())),
             None => {
                 // Hash anyway, so timing does not tell which names exist.

@@ -32,14 +32,14 @@ use gate_recording::Recordings;
 use tokio::sync::{Notify, watch};
 
 pub use audit::{AuditLog, AuditSink};
-pub use auth::{AuthError, Authenticator};
+pub use auth::{AuthError, Authenticator, IdentityEntry};
 pub use metrics::Metrics;
 pub use pool::{Pool, PoolError, PooledConn};
 pub use session::{ChannelOutcome, RequestOutcome, Session, SessionDenied, ShapeCache, shape_key};
 
 /// Everything a handler needs, shared by all sessions of all protocols.
 pub struct Pipeline {
-    auth: Authenticator,
+    auth: ArcSwap<Authenticator>,
     policies: ArcSwap<PolicySet>,
     /// Bumped on every policy swap, so caches of policy results know they are stale.
     policy_generation: std::sync::atomic::AtomicU64,
@@ -76,7 +76,7 @@ pub struct ClientInfo {
 impl Pipeline {
     pub fn new(parts: PipelineParts) -> Arc<Pipeline> {
         Arc::new(Pipeline {
-            auth: parts.auth,
+            auth: ArcSwap::from_pointee(parts.auth),
             policies: ArcSwap::from_pointee(parts.policies),
             policy_generation: std::sync::atomic::AtomicU64::new(0),
             audit: parts.audit,
@@ -123,6 +123,17 @@ impl Pipeline {
         self.policy_generation.fetch_add(1, Ordering::Release);
     }
 
+    /// Swaps in new identities (e.g. synced from the control plane); sessions already open
+    /// keep the identity they authenticated with.
+    pub fn replace_authenticator(&self, auth: Authenticator) {
+        self.auth.store(Arc::new(auth));
+    }
+
+    /// The identities in force (to derive an updated set from).
+    pub fn authenticator(&self) -> Arc<Authenticator> {
+        self.auth.load_full()
+    }
+
     /// Changes whenever the policies are replaced.
     pub fn policy_generation(&self) -> u64 {
         self.policy_generation.load(Ordering::Acquire)
@@ -140,7 +151,8 @@ impl Pipeline {
         user: &str,
         secret: &str,
     ) -> Result<Identity, AuthError> {
-        match self.auth.authenticate(user, secret).await {
+        let auth = self.auth.load_full();
+        match auth.authenticate(user, secret).await {
             Ok(id) => Ok(id),
             Err(e) => {
                 self.metrics
@@ -167,7 +179,7 @@ impl Pipeline {
     /// offer several keys in turn, so a miss is NOT audited here; the handler audits the
     /// connection once if it never authenticates ([`Pipeline::audit_refused`]).
     pub fn authenticate_ssh_key(&self, user: &str, key_blob: &str) -> Result<Identity, AuthError> {
-        self.auth.authenticate_ssh_key(user, key_blob)
+        self.auth.load().authenticate_ssh_key(user, key_blob)
     }
 
     /// Audits a refused connection attempt that never reached authentication

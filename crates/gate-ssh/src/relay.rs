@@ -71,6 +71,32 @@ impl Activity {
     }
 }
 
+/// What a relay does with each chunk besides forwarding it: note activity, count, record.
+struct Tap<'a> {
+    counter: &'a AtomicU64,
+    activity: &'a Activity,
+    recorder: &'a Mutex<Option<TerminalRecorder>>,
+    /// Client-to-upstream (recorded as input, when the resource records input).
+    input: bool,
+}
+
+impl Tap<'_> {
+    async fn see(&self, data: &[u8], record: bool) {
+        self.activity.touch();
+        self.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if !record {
+            return;
+        }
+        if let Some(rec) = self.recorder.lock().await.as_ref() {
+            if self.input {
+                rec.input(data).await;
+            } else {
+                rec.output(data).await;
+            }
+        }
+    }
+}
+
 /// Client → upstream: data, stderr-in (rare), EOF and close. Ends when the client closes
 /// the channel; then closes the upstream twin.
 pub async fn client_to_upstream(
@@ -80,23 +106,20 @@ pub async fn client_to_upstream(
     activity: Arc<Activity>,
     recorder: Arc<Mutex<Option<TerminalRecorder>>>,
 ) {
+    let tap = Tap {
+        counter: &stats.bytes_in,
+        activity: &activity,
+        recorder: &recorder,
+        input: true,
+    };
     while let Some(msg) = from_client.wait().await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
-                activity.touch();
-                stats
-                    .bytes_in
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                if let Some(rec) = recorder.lock().await.as_ref() {
-                    rec.input(&data).await;
-                }
+                tap.see(&data, true).await;
                 to_upstream.data_bytes(data).await
             }
             ChannelMsg::ExtendedData { data, ext } => {
-                activity.touch();
-                stats
-                    .bytes_in
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                tap.see(&data, false).await;
                 to_upstream.extended_data_bytes(ext, data).await
             }
             ChannelMsg::Eof => to_upstream.eof().await,
@@ -125,27 +148,21 @@ pub async fn upstream_to_client(
     replies: mpsc::Sender<bool>,
 ) {
     let id = to_client.id();
+    let tap = Tap {
+        counter: &stats.bytes_out,
+        activity: &activity,
+        recorder: &recorder,
+        input: false,
+    };
     while let Some(msg) = from_upstream.wait().await {
         let sent = match msg {
             ChannelMsg::Data { data } => {
-                activity.touch();
-                stats
-                    .bytes_out
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-                if let Some(rec) = recorder.lock().await.as_ref() {
-                    rec.output(&data).await;
-                }
+                tap.see(&data, true).await;
                 to_client.data_bytes(data).await
             }
             ChannelMsg::ExtendedData { data, ext } => {
-                activity.touch();
-                stats
-                    .bytes_out
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
                 // Without a PTY stderr is separate; the user saw it, so the recording has it.
-                if let Some(rec) = recorder.lock().await.as_ref() {
-                    rec.output(&data).await;
-                }
+                tap.see(&data, true).await;
                 to_client.extended_data_bytes(ext, data).await
             }
             ChannelMsg::Eof => to_client.eof().await,
