@@ -540,7 +540,10 @@ impl ConnectorConfig {
             if !(cp.url.starts_with("http://") || cp.url.starts_with("https://")) {
                 err(
                     "control_plane.url".into(),
-                    format!("expected http://host:port or https://host:port, got {:?}", cp.url),
+                    format!(
+                        "expected http://host:port or https://host:port, got {:?}",
+                        cp.url
+                    ),
                 );
             }
             if let Some(f) = &cp.ca_file

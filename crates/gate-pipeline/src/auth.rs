@@ -72,11 +72,10 @@ impl Authenticator {
     pub fn from_config(cfg: &AuthConfig) -> anyhow::Result<Authenticator> {
         let mut tokens = HashMap::new();
         for t in &cfg.tokens {
-            let digest = Some(
-                TokenDigest::from_hex(&t.token_sha256).ok_or_else(|| {
+            let digest =
+                Some(TokenDigest::from_hex(&t.token_sha256).ok_or_else(|| {
                     anyhow::anyhow!("auth.tokens: bad token_sha256 for {}", t.name)
-                })?,
-            );
+                })?);
             tokens.insert(
                 t.name.clone(),
                 TokenIdentity {
@@ -122,7 +121,10 @@ impl Authenticator {
                 Some(h) => match TokenDigest::from_hex(h) {
                     Some(d) => Some(d),
                     None => {
-                        problems.push(format!("identity {}: token_sha256 is not 64 hex digits", e.name));
+                        problems.push(format!(
+                            "identity {}: token_sha256 is not 64 hex digits",
+                            e.name
+                        ));
                         continue;
                     }
                 },
@@ -131,7 +133,10 @@ impl Authenticator {
             for line in &e.ssh_public_keys {
                 match ssh_key_blob(line) {
                     Some(b) => ssh_keys.push(b.to_string()),
-                    None => problems.push(format!("identity {}: an SSH public key is malformed", e.name)),
+                    None => problems.push(format!(
+                        "identity {}: an SSH public key is malformed",
+                        e.name
+                    )),
                 }
             }
             tokens.insert(

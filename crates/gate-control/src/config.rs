@@ -1,0 +1,363 @@
+//! `control.yaml`: YAML with `${ENV}` expansion, validated as a whole so every problem is
+//! reported at once with its path in the file — the same conventions as the connector's
+//! config. The expansion itself is gate-core's [`expand_str`]; the tree walk around it is
+//! repeated here because gate-core keeps its walker private to `ConnectorConfig`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gate_core::config::{ConfigError, ConfigErrors, LoggingConfig, TlsConfig, expand_str};
+use serde::{Deserialize, Deserializer};
+
+/// The whole `control.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// The one listener for HTTP (`/health`, `/metrics`, `/api/v1`) and gRPC.
+    pub listen_addr: String,
+    /// The system key, which may act on any organization. Empty refuses to start unless the
+    /// control plane runs with `--insecure`.
+    #[serde(default)]
+    pub api_key: SecretString,
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub recording: RecordingConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    /// Serve HTTP and gRPC over TLS (ALPN `h2` and `http/1.1`).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// A secret read from the config. `Debug` never prints it, so a logged config is safe.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretString(pub String);
+
+impl SecretString {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("<redacted>")
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path/to/file.db` (embedded default) or `postgres://user:pw@host/db`.
+    pub dsn: SecretString,
+    #[serde(default = "default_max_open_conns", deserialize_with = "number")]
+    pub max_open_conns: u32,
+    #[serde(default = "default_min_conns", deserialize_with = "number")]
+    pub min_conns: u32,
+    /// Read migrations from this directory instead of the ones embedded in the binary
+    /// (development only).
+    #[serde(default)]
+    pub migrations_path: Option<PathBuf>,
+}
+
+/// Where recordings live: a local directory or an object-store URL (not both).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Webhook deliveries that exhausted their retries are written here.
+    #[serde(default = "default_dead_letter_dir")]
+    pub dead_letter_dir: PathBuf,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            dead_letter_dir: default_dead_letter_dir(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Events older than this are purged by the retention job (e.g. `90d`); unset keeps
+    /// everything.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub retention: Option<Duration>,
+}
+
+fn default_max_open_conns() -> u32 {
+    25
+}
+fn default_min_conns() -> u32 {
+    5
+}
+fn default_dead_letter_dir() -> PathBuf {
+    PathBuf::from(".data/control-deadletters")
+}
+
+/// Numbers may arrive as strings after `${ENV}` expansion (`max_open_conns: ${N}`).
+fn number<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    let n = match Raw::deserialize(d)? {
+        Raw::N(n) => n,
+        Raw::S(s) => s
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a number")))?,
+    };
+    u32::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} is too large")))
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = Option::<String>::deserialize(d)?;
+    match s.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(s) => humantime::parse_duration(s)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}"))),
+    }
+}
+
+impl ControlConfig {
+    /// Reads, expands and validates a config file.
+    pub fn load(path: &Path) -> Result<ControlConfig, ConfigErrors> {
+        let fail = |errors| ConfigErrors {
+            file: path.to_path_buf(),
+            errors,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            fail(vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Self::from_yaml_str(&text, &|name| std::env::var(name).ok()).map_err(fail)
+    }
+
+    /// Parses YAML text, expanding `${VAR}` from `env`. Collects every error it can.
+    pub fn from_yaml_str(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ControlConfig, Vec<ConfigError>> {
+        let mut doc: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| {
+            vec![ConfigError {
+                path: String::new(),
+                message: format!("invalid YAML: {e}"),
+            }]
+        })?;
+        let mut errors = Vec::new();
+        expand_env(&mut doc, &mut String::new(), env, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let config: ControlConfig = serde_path_to_error::deserialize(doc).map_err(|e| {
+            vec![ConfigError {
+                path: e.path().to_string().trim_start_matches('.').to_string(),
+                message: e.inner().to_string(),
+            }]
+        })?;
+        let errors = config.validate();
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Semantic checks beyond types.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut err = |path: &str, message: String| {
+            errors.push(ConfigError {
+                path: path.to_string(),
+                message,
+            })
+        };
+        if let Err(e) = self.listen_addr.parse::<SocketAddr>() {
+            err("listen_addr", format!("not a socket address: {e}"));
+        }
+        let dsn = self.database.dsn.expose();
+        if !(dsn.starts_with("sqlite:")
+            || dsn.starts_with("postgres://")
+            || dsn.starts_with("postgresql://"))
+        {
+            // Never echo the DSN: it may hold a password.
+            err(
+                "database.dsn",
+                "expected sqlite://… or postgres://…".to_string(),
+            );
+        }
+        if self.database.max_open_conns == 0 {
+            err("database.max_open_conns", "must be at least 1".to_string());
+        }
+        if self.database.min_conns > self.database.max_open_conns {
+            err(
+                "database.min_conns",
+                "must not exceed database.max_open_conns".to_string(),
+            );
+        }
+        if let Some(p) = &self.database.migrations_path
+            && !p.is_dir()
+        {
+            err(
+                "database.migrations_path",
+                format!("not a directory: {}", p.display()),
+            );
+        }
+        if self.recording.dir.is_some() && self.recording.url.is_some() {
+            err("recording", "set only one of dir and url".to_string());
+        }
+        if let Some(tls) = self.tls.as_ref().filter(|t| t.enabled) {
+            for (path, file) in [
+                ("tls.cert_file", &tls.cert_file),
+                ("tls.key_file", &tls.key_file),
+            ] {
+                if !file.is_file() {
+                    err(path, format!("file not found: {}", file.display()));
+                }
+            }
+        }
+        if let Some(r) = self.audit.retention
+            && r < Duration::from_secs(3600)
+        {
+            err(
+                "audit.retention",
+                "must be at least 1h (it deletes audit events)".to_string(),
+            );
+        }
+        errors
+    }
+}
+
+/// Expands `${VAR}` and `${VAR:-default}` in every string scalar (`$$` is a literal `$`).
+fn expand_env(
+    v: &mut yaml_serde::Value,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<ConfigError>,
+) {
+    use yaml_serde::Value;
+    match v {
+        Value::String(s) if s.contains('$') => match expand_str(s, env) {
+            Ok(out) => *s = out,
+            Err(message) => errors.push(ConfigError {
+                path: path.clone(),
+                message,
+            }),
+        },
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                expand_env(item, path, env, errors);
+                path.truncate(len);
+            }
+        }
+        Value::Mapping(map) => {
+            for (k, item) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k.as_str().unwrap_or("?"));
+                expand_env(item, path, env, errors);
+                path.truncate(len);
+            }
+        }
+        Value::Tagged(t) => expand_env(&mut t.value, path, env, errors),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "GATE_API_KEY" => Some("k3y".into()),
+            "CONNS" => Some("7".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn sample_shape_parses_with_env_and_defaults() {
+        let c = ControlConfig::from_yaml_str(
+            r#"
+listen_addr: "127.0.0.1:8080"
+api_key: "${GATE_API_KEY}"
+database:
+  dsn: "sqlite://.data/control.db"
+  max_open_conns: ${CONNS}
+recording: {dir: .data/recordings}
+delivery: {dead_letter_dir: .data/dl}
+logging: {level: info, format: json}
+audit: {retention: 90d}
+"#,
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.api_key.expose(), "k3y");
+        assert_eq!(c.database.max_open_conns, 7);
+        assert_eq!(c.database.min_conns, 5);
+        assert_eq!(c.audit.retention, Some(Duration::from_secs(90 * 24 * 3600)));
+        assert!(!format!("{c:?}").contains("k3y"));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let errs = ControlConfig::from_yaml_str(
+            "listen_addr: nope\ndatabase: {dsn: \"mysql://x\", max_open_conns: 1, min_conns: 2}\nrecording: {dir: a, url: b}\n",
+            &env,
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "listen_addr",
+                "database.dsn",
+                "database.min_conns",
+                "recording"
+            ]
+        );
+        let errs = ControlConfig::from_yaml_str(
+            "listen_addr: \"${UNSET_VAR}\"\ndatabase: {dsn: \"sqlite::memory:\"}\n",
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(errs[0].path, "listen_addr");
+        assert!(errs[0].message.contains("UNSET_VAR"));
+    }
+}
