@@ -7,6 +7,7 @@
 //! echo -n "$TOKEN" | gate-connector hash-token          # SHA-256 for auth.tokens[].token_sha256
 //! ```
 
+mod control;
 mod detect;
 mod health;
 mod server;

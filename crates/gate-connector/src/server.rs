@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
 
+use crate::control::{Composer, ControlPlane};
 use crate::detect::{self, Detected};
 use crate::health::{self, HealthState};
 
@@ -33,6 +34,14 @@ fn policy_refs(cfg: &ConnectorConfig) -> Vec<(std::path::PathBuf, gate_core::Sta
     cfg.policies
         .iter()
         .map(|p| (p.path.clone(), p.stage))
+        .collect()
+}
+
+/// Reads the configured policy files as sources (compiled together with synced ones).
+fn read_policy_sources(cfg: &ConnectorConfig) -> anyhow::Result<Vec<gate_policy::PolicySource>> {
+    policy_refs(cfg)
+        .iter()
+        .map(|(path, stage)| gate_policy::read_source(path, *stage).map_err(anyhow::Error::from))
         .collect()
 }
 
@@ -93,6 +102,7 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
     } else {
         Recordings::disabled()
     };
+    let local_sources = read_policy_sources(&cfg)?;
     let pipeline = Pipeline::new(PipelineParts {
         auth: Authenticator::from_config(&cfg.auth)?,
         policies,
@@ -102,6 +112,22 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
         masker: masker(&cfg),
         resources: cfg.resources.clone(),
     });
+    // The control plane's last synced configuration applies before any listener opens.
+    let control = match &cfg.control_plane {
+        Some(cp_cfg) => {
+            let composer = Composer::new(pipeline.clone(), local_sources, pipeline.authenticator());
+            let cp = ControlPlane::new(
+                cp_cfg.clone(),
+                &cfg.data_dir,
+                composer.clone(),
+                pipeline.clone(),
+                cfg.audit.file.clone(),
+            )?;
+            let task = tokio::spawn(cp.clone().run());
+            Some((cp, composer, task))
+        }
+        None => None,
+    };
     let handlers = Handlers {
         postgres: PostgresHandler::new(pipeline.clone(), tls.clone()),
         mysql: MysqlHandler::new(pipeline.clone(), tls),
@@ -170,13 +196,19 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match PolicySet::load_files(&policy_refs(&cfg)) {
-                Ok(p) => {
-                    pipeline.replace_policies(p);
-                    tracing::info!("policies reloaded");
+            _ = hup.recv() => {
+                let reloaded = match &control {
+                    Some((_, composer, _)) => read_policy_sources(&cfg)
+                        .and_then(|sources| composer.reload_local(sources)),
+                    None => PolicySet::load_files(&policy_refs(&cfg))
+                        .map(|p| pipeline.replace_policies(p))
+                        .map_err(anyhow::Error::from),
+                };
+                match reloaded {
+                    Ok(()) => tracing::info!("policies reloaded"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "policy reload failed; keeping the previous policies"),
                 }
-                Err(e) => tracing::error!(error = %e, "policy reload failed; keeping the previous policies"),
-            },
+            }
         }
     }
 
@@ -216,6 +248,11 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
         .is_err()
     {
         tracing::warn!("audit writer did not stop in time");
+    }
+    if let Some((cp, _, task)) = control {
+        task.abort();
+        // Everything is in the audit file now: ship what is left, then deregister.
+        cp.shutdown().await;
     }
     tracing::info!("gate-connector stopped");
     Ok(())
