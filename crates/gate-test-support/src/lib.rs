@@ -10,6 +10,7 @@
 //! - [`s3::S3Server`]: a local S3-compatible server (moto) for object-store recordings.
 //! - [`sshd::SshServer`]: a throwaway OpenSSH server (`sshd` on a free port, logging in the
 //!   `gate-ssh-test` user), and blocking `ssh`/`scp`/`sftp` client helpers.
+//! - [`control::ControlPlane`]: the `gate-control` binary with a SQLite store, restartable.
 //! - [`gateway::Gateway`]: the `gate-connector` binary, started with a YAML config and
 //!   stopped when dropped.
 //! - [`cargo_bin`]: the path of a workspace binary, built on demand.
@@ -36,6 +37,7 @@
 //! - `GATE_TEST_KEEP=1`: keep throwaway data directories after the tests, for debugging.
 
 pub mod certs;
+pub mod control;
 pub mod gateway;
 pub mod mariadb;
 pub mod postgres;

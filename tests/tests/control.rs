@@ -1,0 +1,264 @@
+//! Connector ↔ control plane, end to end: the real `gate-control` (SQLite store) and the
+//! real `gate-connector` in front of the shared PostgreSQL, with tokio-postgres clients.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use gate_test_support::control::{ControlPlane, SYNC_WAIT};
+use gate_test_support::gateway::Gateway;
+use gate_test_support::wait_until;
+use serde_json::json;
+
+/// Every statement passes; decisions are audited (a pre_request policy exists).
+const ALLOW_ALL: &str = r#"
+package formal.v2
+import rego.v1
+session := {"action": "allow"}
+pre_request := {"action": "allow"}
+post_request := {"action": "allow"}
+"#;
+
+/// An environment: a control plane with one org, and a connector registered to it.
+struct Linked {
+    cp: ControlPlane,
+    org: String,
+    env: Env,
+    _cp_dir: tempfile::TempDir,
+}
+
+async fn linked(name: &str) -> Linked {
+    let cp_dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start(cp_dir.path())
+        .await
+        .expect("control plane");
+    let org = cp.create_org(name).await.unwrap();
+    let token = cp.registration_token(&org, "edge-1").await.unwrap();
+    let env = start(Opts {
+        policy: Some(ALLOW_ALL.into()),
+        extra: format!(
+            "control_plane: {{url: \"{}\", registration_token: \"{token}\", sync_interval: 30s, heartbeat_interval: 1s}}\n",
+            cp.url()
+        ),
+        ..Opts::default()
+    })
+    .await;
+    // Registered, and watching for changes.
+    env.gw
+        .wait_for_log("watching the control plane", SYNC_WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- control plane ---\n{}", cp.log()));
+    Linked {
+        cp,
+        org,
+        env,
+        _cp_dir: cp_dir,
+    }
+}
+
+async fn restart_connector(env: &mut Env) {
+    let yaml = std::fs::read_to_string(env.gw.config_path()).unwrap();
+    env.gw.sigterm().unwrap();
+    let status = env.gw.wait_exit(Duration::from_secs(30)).await.unwrap();
+    assert!(status.success(), "{status:?}\n{}", env.gw.log());
+    env.gw = Gateway::builder(yaml, env.dir.path())
+        .env("TEST_APP_DB_PASSWORD", &env.upstream_password)
+        .start()
+        .await
+        .expect("connector restarts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_activated_in_the_control_plane_blocks_within_two_seconds() {
+    let l = linked("sync").await;
+    let c = l.env.connect_alice().await;
+    c.simple_query("SELECT name FROM users").await.unwrap();
+
+    // A policy for other resources only: no effect here.
+    l.cp.ok(
+        "POST",
+        "/api/v1/policies",
+        Some(&l.org),
+        Some(json!({
+            "name": "elsewhere",
+            "stages": ["pre_request"],
+            "targets": ["analytics-*"],
+            "state": "active",
+            "rego": "package formal.v2\nimport rego.v1\npre_request := {\"action\": \"block\", \"reason\": \"not here\"}\n",
+        })),
+    )
+    .await
+    .unwrap();
+
+    let started = Instant::now();
+    l.cp.ok(
+        "POST",
+        "/api/v1/policies",
+        Some(&l.org),
+        Some(json!({
+            "name": "no-users-table",
+            "stages": ["pre_request"],
+            "targets": ["primary-*"],
+            "state": "active",
+            "rego": "package formal.v2\nimport rego.v1\npre_request := {\"action\": \"block\", \"reason\": \"users is off limits\"} if \"users\" in input.query.tables\n",
+        })),
+    )
+    .await
+    .unwrap();
+    let err = loop {
+        match c.simple_query("SELECT name FROM users").await {
+            Err(e) => break e,
+            Ok(_) if started.elapsed() > SYNC_WAIT => {
+                panic!("the policy never took effect\n{}", l.env.gw.log())
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let took = started.elapsed();
+    let (code, message) = db_error(&err);
+    assert_eq!(code, "42501", "{err}");
+    assert!(message.contains("users is off limits"), "{message}");
+    assert!(
+        took < Duration::from_secs(2),
+        "a policy change took {took:?} to be enforced (target: under 2 s)"
+    );
+    eprintln!("policy change enforced after {took:?}");
+    // Other statements still pass (the `elsewhere` policy does not target primary-db).
+    c.simple_query("SELECT 1").await.unwrap();
+
+    // A dry-run policy is evaluated and audited, never enforced.
+    l.cp.ok(
+        "POST",
+        "/api/v1/policies",
+        Some(&l.org),
+        Some(json!({
+            "name": "would-block-everything",
+            "stages": ["pre_request"],
+            "state": "dry_run",
+            "rego": "package formal.v2\nimport rego.v1\npre_request := {\"action\": \"block\", \"reason\": \"trial\"}\n",
+        })),
+    )
+    .await
+    .unwrap();
+    // Each round runs the statement (which must pass: a dry run is not enforced) and then
+    // looks for its dry-run audit event.
+    wait_until("a dry-run decision in the audit log", SYNC_WAIT, || async {
+        c.simple_query("SELECT 2")
+            .await
+            .expect("a dry run never blocks");
+        l.env
+            .audit_events()
+            .iter()
+            .any(|e| statement_is(e, "SELECT 2") && e["dry_run"] == true)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+fn statement_is(e: &serde_json::Value, s: &str) -> bool {
+    e["statement"].as_str() == Some(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_survives_a_control_plane_outage_and_a_connector_restart_exactly_once() {
+    let mut l = linked("audit").await;
+    // A synced policy the connector must keep enforcing while the control plane is away.
+    l.cp.ok(
+        "POST",
+        "/api/v1/policies",
+        Some(&l.org),
+        Some(json!({
+            "name": "no-drops",
+            "stages": ["pre_request"],
+            "state": "active",
+            "rego": "package formal.v2\nimport rego.v1\npre_request := {\"action\": \"block\", \"reason\": \"no drops (synced)\"} if input.query.type == \"drop\"\n",
+        })),
+    )
+    .await
+    .unwrap();
+    l.env
+        .gw
+        .wait_for_log("applied configuration from the control plane", SYNC_WAIT)
+        .await
+        .unwrap();
+    let c = l.env.connect_alice().await;
+    wait_until("the synced policy blocks DROP", SYNC_WAIT, || async {
+        c.simple_query("DROP TABLE IF EXISTS nothing_here")
+            .await
+            .err()
+            .map(|_| ())
+    })
+    .await
+    .unwrap();
+
+    l.cp.kill();
+    for i in 0..1000 {
+        c.simple_query(&format!("SELECT {i} AS probe_outage"))
+            .await
+            .unwrap();
+    }
+    drop(c);
+    restart_connector(&mut l.env).await;
+
+    // Restarted while the control plane is down: the persisted snapshot still applies.
+    let c = l.env.connect_alice().await;
+    let err = c
+        .simple_query("DROP TABLE IF EXISTS nothing_here")
+        .await
+        .unwrap_err();
+    assert!(db_error(&err).1.contains("no drops (synced)"), "{err}");
+    drop(c);
+
+    // Forget what was shipped: everything is sent again, and the control plane must
+    // store each event once (dedup by event id), whatever was delivered before the outage.
+    let data = l.env.data_dir();
+    std::fs::remove_file(data.join("control-plane/audit.offset")).ok();
+    l.cp.start_again().await.unwrap();
+    let count = || async {
+        let v =
+            l.cp.ok(
+                "GET",
+                "/api/v1/audit?kind=policy_decision&limit=10000",
+                Some(&l.org),
+                None,
+            )
+            .await
+            .unwrap();
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                let ev: serde_json::Value = e["event"].clone();
+                let stmt = ev["statement"]
+                    .as_str()
+                    .or(e["statement"].as_str())
+                    .unwrap_or("");
+                stmt.ends_with("AS probe_outage")
+            })
+            .count()
+    };
+    wait_until(
+        "1000 probe events at the control plane",
+        SYNC_WAIT * 2,
+        || async { (count().await >= 1000).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", l.env.gw.log()));
+    // Wait until the whole local audit file has been shipped, then check nothing arrived
+    // twice.
+    wait_until("the audit file shipped to its end", SYNC_WAIT, || async {
+        let shipped: u64 = std::fs::read_to_string(data.join("control-plane/audit.offset"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let len = std::fs::metadata(data.join("audit.jsonl")).ok()?.len();
+        (shipped == len).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(count().await, 1000);
+}
