@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # `make demo`: gate-connector in front of a throwaway PostgreSQL, with the sample config
-# (configs/connector.yaml) and policy (policies/example.rego).
+# (configs/connector.yaml) and policy (policies/example.rego), registered with a
+# gate-control (SQLite store in .data/control.db).
 #
-# 1. builds gate-connector (release),
+# 1. builds gate-connector and gate-control (release),
 # 2. starts PostgreSQL in .data/demo-pg on a free loopback port, with database appdb,
 #    table users and role app (random password),
 # 3. makes a random token for identity alice, a self-signed TLS certificate (.data/tls/),
 #    and writes every setting to .data/demo.env,
-# 4. starts the connector, waits until it is ready, and prints how to connect with psql.
-# Ctrl-C stops the connector and PostgreSQL.
+# 4. starts gate-control, creates the org "demo" and a registration token,
+# 5. starts the connector (configs/connector.yaml plus a control_plane section, written to
+#    .data/demo-connector.yaml), waits until it is ready, and prints how to connect.
+# Ctrl-C stops the connector, the control plane and PostgreSQL.
 #
 # Overrides: GATE_LISTEN_ADDR (127.0.0.1:6432), GATE_HEALTH_ADDR (127.0.0.1:8081),
-# GATE_CONNECTOR_BIN (skip the build and run this binary), GATE_PG_BINDIR.
+# GATE_CONTROL_ADDR (127.0.0.1:8080), GATE_CONNECTOR_BIN / GATE_CONTROL_BIN (skip the build
+# and run these binaries), GATE_PG_BINDIR.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,6 +28,7 @@ die() { say "error: $*"; exit 1; }
 
 GATE_LISTEN_ADDR=${GATE_LISTEN_ADDR:-127.0.0.1:6432}
 GATE_HEALTH_ADDR=${GATE_HEALTH_ADDR:-127.0.0.1:8081}
+GATE_CONTROL_ADDR=${GATE_CONTROL_ADDR:-127.0.0.1:8080}
 LISTEN_HOST=${GATE_LISTEN_ADDR%:*}
 LISTEN_PORT=${GATE_LISTEN_ADDR##*:}
 
@@ -108,6 +113,12 @@ cleanup() {
     kill -KILL "$CONNECTOR_PID" 2>/dev/null || true
     wait "$CONNECTOR_PID" 2>/dev/null || true
   fi
+  # After the connector, which deregisters from it on the way out.
+  if [ -n "${CONTROL_PID:-}" ] && kill -0 "$CONTROL_PID" 2>/dev/null; then
+    say "stopping gate-control (pid $CONTROL_PID)"
+    kill -TERM "$CONTROL_PID" 2>/dev/null || true
+    wait "$CONTROL_PID" 2>/dev/null || true
+  fi
   if [ -n "$PGDATA" ] && [ -f "$PGDATA/postmaster.pid" ]; then
     say "stopping PostgreSQL"
     as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w -t 60 stop >/dev/null 2>&1 \
@@ -134,12 +145,14 @@ if ! have_postgres; then
   have_postgres || die "PostgreSQL programs still not found"
 fi
 
-if ! command -v openssl >/dev/null 2>&1; then
-  is_root || die "openssl is missing; install it (apt-get install openssl)"
-  say "installing openssl"
-  DEBIAN_FRONTEND=noninteractive apt-get update
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssl
-fi
+for tool in openssl curl; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    is_root || die "$tool is missing; install it (apt-get install $tool)"
+    say "installing $tool"
+    DEBIAN_FRONTEND=noninteractive apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$tool"
+  fi
+done
 
 if is_root && ! id postgres >/dev/null 2>&1; then
   say "creating system user postgres"
@@ -150,9 +163,9 @@ if is_root && ! id postgres >/dev/null 2>&1; then
   fi
 fi
 
-for addr in "$GATE_LISTEN_ADDR" "$GATE_HEALTH_ADDR"; do
+for addr in "$GATE_LISTEN_ADDR" "$GATE_HEALTH_ADDR" "$GATE_CONTROL_ADDR"; do
   if port_in_use "${addr%:*}" "${addr##*:}"; then
-    die "$addr is already in use; stop what listens there or set GATE_LISTEN_ADDR / GATE_HEALTH_ADDR"
+    die "$addr is already in use; stop what listens there or set GATE_LISTEN_ADDR / GATE_HEALTH_ADDR / GATE_CONTROL_ADDR"
   fi
 done
 
@@ -167,6 +180,14 @@ else
   CONNECTOR="${CARGO_TARGET_DIR:-$ROOT/target}/release/gate-connector"
 fi
 [ -x "$CONNECTOR" ] || die "$CONNECTOR not found"
+if [ -n "${GATE_CONTROL_BIN:-}" ]; then
+  CONTROL=$GATE_CONTROL_BIN
+else
+  say "building gate-control (release)"
+  cargo build --release --locked -p gate-control
+  CONTROL="${CARGO_TARGET_DIR:-$ROOT/target}/release/gate-control"
+fi
+[ -x "$CONTROL" ] || die "$CONTROL not found"
 
 # --- 2. PostgreSQL -------------------------------------------------------------------------
 
@@ -272,11 +293,56 @@ GATE_TLS_KEY=$GATE_TLS_KEY
 EOF
 umask 022
 
-# --- 4. connector --------------------------------------------------------------------------
+# --- 4. control plane ----------------------------------------------------------------------
+
+# A fresh control plane each run: its store, and the connector's registration with it.
+rm -rf "$DATA/control.db" "$DATA/control.db-wal" "$DATA/control.db-shm" "$DATA/control-plane"
+GATE_API_KEY="gate_sys_$(random_hex 24)"
+CONTROL_LOG="$DATA/demo-control.log"
+cat >"$DATA/demo-control.yaml" <<YAML
+# Written by scripts/demo.sh (configs/control.yaml has the documented sample).
+listen_addr: "$GATE_CONTROL_ADDR"
+api_key: "\${GATE_API_KEY}"
+database: {dsn: "sqlite://$DATA/control.db", max_open_conns: 5, min_conns: 1}
+recording: {dir: "$DATA/recordings"}
+logging: {level: info, format: json}
+YAML
+say "starting gate-control on $GATE_CONTROL_ADDR (log: $CONTROL_LOG)"
+GATE_API_KEY=$GATE_API_KEY "$CONTROL" --config "$DATA/demo-control.yaml" >"$CONTROL_LOG" 2>&1 </dev/null &
+CONTROL_PID=$!
+deadline=$((SECONDS + READY_TIMEOUT))
+until [ "$(http_status "$GATE_CONTROL_ADDR" /health)" = 200 ]; do
+  kill -0 "$CONTROL_PID" 2>/dev/null || { tail -n 40 "$CONTROL_LOG" >&2 || true; die "gate-control exited"; }
+  [ "$SECONDS" -lt "$deadline" ] || die "gate-control not up after ${READY_TIMEOUT}s"
+  sleep 0.2
+done
+api() { # method path [json]
+  curl -sS --fail-with-body -X "$1" -H "authorization: Bearer $GATE_API_KEY" \
+    ${ORG_ID:+-H "x-org-id: $ORG_ID"} -H 'content-type: application/json' \
+    ${3:+--data "$3"} "http://$GATE_CONTROL_ADDR$2"
+}
+json_field() { # field: reads JSON on stdin
+  python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
+}
+ORG_ID=""
+ORG_ID=$(api POST /api/v1/organizations '{"name": "demo"}' | json_field id) || die "cannot create the demo org"
+REGISTRATION_TOKEN=$(api POST /api/v1/registration-tokens '{"name": "demo-connector"}' | json_field secret) \
+  || die "cannot create a registration token"
+say "control plane: org demo ($ORG_ID), registration token created"
+printf 'GATE_CONTROL_ADDR=%s\nGATE_API_KEY=%s\nGATE_ORG_ID=%s\n' "$GATE_CONTROL_ADDR" "$GATE_API_KEY" "$ORG_ID" >>"$DATA/demo.env"
+
+# --- 5. connector --------------------------------------------------------------------------
 
 LOG="$DATA/demo-connector.log"
+CONNECTOR_CONFIG="$DATA/demo-connector.yaml"
+{
+  cat configs/connector.yaml
+  printf '\n# Added by scripts/demo.sh: register with the demo control plane.\n'
+  printf 'control_plane: {url: "http://%s", registration_token: "%s", heartbeat_interval: 5s}\n' \
+    "$GATE_CONTROL_ADDR" "$REGISTRATION_TOKEN"
+} >"$CONNECTOR_CONFIG"
 say "starting gate-connector (log: $LOG)"
-"$CONNECTOR" --config configs/connector.yaml >"$LOG" 2>&1 </dev/null &
+"$CONNECTOR" --config "$CONNECTOR_CONFIG" >"$LOG" 2>&1 </dev/null &
 CONNECTOR_PID=$!
 
 deadline=$((SECONDS + READY_TIMEOUT))
@@ -308,6 +374,10 @@ Then try:
 
 Audit log: .data/audit.jsonl   recordings: .data/recordings/   connector log: $LOG
 Settings: .data/demo.env   metrics: http://$GATE_HEALTH_ADDR/metrics
+
+Control plane on http://$GATE_CONTROL_ADDR (org demo; its system key is GATE_API_KEY in .data/demo.env):
+  curl -H "authorization: Bearer \$GATE_API_KEY" -H "x-org-id: $ORG_ID" http://$GATE_CONTROL_ADDR/api/v1/connectors
+  gate recordings --url http://$GATE_CONTROL_ADDR --token \$GATE_API_KEY --org $ORG_ID list
 Press Ctrl-C to stop.
 EOF
 

@@ -26,11 +26,14 @@ struct Linked {
     org: String,
     env: Env,
     _cp_dir: tempfile::TempDir,
+    /// Shared by the connector (writes) and the control plane (serves).
+    recordings: tempfile::TempDir,
 }
 
 async fn linked(name: &str) -> Linked {
     let cp_dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(cp_dir.path())
+    let recordings = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_with(cp_dir.path(), Some(recordings.path()))
         .await
         .expect("control plane");
     let org = cp.create_org(name).await.unwrap();
@@ -41,6 +44,10 @@ async fn linked(name: &str) -> Linked {
             "control_plane: {{url: \"{}\", registration_token: \"{token}\", sync_interval: 30s, heartbeat_interval: 1s}}\n",
             cp.url()
         ),
+        recording: Some(format!(
+            "recording: {{dir: \"{}\"}}",
+            recordings.path().display()
+        )),
         ..Opts::default()
     })
     .await;
@@ -54,6 +61,7 @@ async fn linked(name: &str) -> Linked {
         org,
         env,
         _cp_dir: cp_dir,
+        recordings,
     }
 }
 
@@ -261,4 +269,123 @@ async fn audit_survives_a_control_plane_outage_and_a_connector_restart_exactly_o
     .await
     .unwrap();
     assert_eq!(count().await, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_sync_and_recordings_are_served_by_the_control_plane() {
+    let l = linked("people").await;
+    let _ = &l.recordings;
+    // An identity that exists only in the control plane.
+    const DANA_TOKEN: &str = "tok-dana-cp-8c7b6a5948372615a4b3c2d1e0f9a8b7";
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(DANA_TOKEN.as_bytes()))
+    };
+    l.cp.ok(
+        "POST",
+        "/api/v1/identities",
+        Some(&l.org),
+        Some(json!({"name": "dana", "email": "dana@example.com", "groups": ["analysts"], "token_sha256": digest})),
+    )
+    .await
+    .unwrap();
+    let conninfo = l.env.conninfo("dana", DANA_TOKEN, "primary-db");
+    let c = wait_until(
+        "dana can log in through the connector",
+        SYNC_WAIT,
+        || async { l.env.connect(&conninfo).await.ok() },
+    )
+    .await
+    .unwrap();
+    c.simple_query("SELECT name FROM users WHERE id = 1")
+        .await
+        .unwrap();
+    drop(c);
+
+    // Her session's recording reaches the control plane's index and is served from the store.
+    let listed = wait_until(
+        "dana's recording at the control plane",
+        SYNC_WAIT,
+        || async {
+            let v =
+                l.cp.ok("GET", "/api/v1/recordings", Some(&l.org), None)
+                    .await
+                    .ok()?;
+            v["recordings"]
+                .as_array()?
+                .iter()
+                .find(|r| r["user"]["name"] == "dana")
+                .cloned()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", l.env.gw.log()));
+    assert_eq!(listed["kind"], "queries");
+    assert_eq!(listed["resource"], "primary-db");
+    let id = listed["recording_id"].as_str().unwrap().to_string();
+
+    // `gate recordings` against the control plane: list, play (the statement as sent) and a
+    // download whose SHA-256 matches the index.
+    let gate = tokio::task::spawn_blocking(|| gate_test_support::cargo_bin("gate"))
+        .await
+        .unwrap()
+        .unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(&gate)
+            .args([
+                "--url",
+                &l.cp.url(),
+                "--token",
+                l.cp.system_key(),
+                "--org",
+                &l.org,
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "gate {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(cli(&["recordings", "list"]).contains(&id));
+    let played = cli(&["recordings", "play", &id, "--speed", "1000"]);
+    assert!(
+        played.contains("SELECT name FROM users WHERE id = 1"),
+        "{played}"
+    );
+    let target = l.env.dir.path().join("dana.jsonl");
+    cli(&[
+        "recordings",
+        "download",
+        &id,
+        "-o",
+        target.to_str().unwrap(),
+    ]);
+    let bytes = std::fs::read(&target).unwrap();
+    let sum = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    assert_eq!(listed["sha256"], sum.as_str());
+
+    // Another org sees none of it.
+    let other = l.cp.create_org("someone-else").await.unwrap();
+    let v =
+        l.cp.ok("GET", "/api/v1/recordings", Some(&other), None)
+            .await
+            .unwrap();
+    assert_eq!(v["recordings"].as_array().unwrap().len(), 0);
+    let (status, _) =
+        l.cp.call(
+            "GET",
+            &format!("/api/v1/recordings/{id}/content"),
+            Some(&other),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
 }

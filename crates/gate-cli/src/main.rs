@@ -33,6 +33,16 @@ struct Cli {
     /// (S3 settings come from the AWS_* environment variables).
     #[arg(long, env = "GATE_RECORDINGS", global = true, value_name = "DIR|URL")]
     store: Option<String>,
+    /// The control plane to read recordings from instead (`http://host:8080`); it serves
+    /// the recordings of the org the token belongs to.
+    #[arg(long, env = "GATE_URL", global = true, value_name = "URL")]
+    url: Option<String>,
+    /// API key for `--url` (any role that can read).
+    #[arg(long, env = "GATE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// With a system key: the organization to act on.
+    #[arg(long, env = "GATE_ORG", global = true)]
+    org: Option<String>,
     /// Colour in human-readable output (`auto`: only when stdout is a terminal and
     /// NO_COLOR is unset).
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
@@ -101,12 +111,22 @@ fn positive_seconds(raw: &str) -> Result<f64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let Some(store) = cli.store.as_deref().filter(|s| !s.trim().is_empty()) else {
-        eprintln!(
-            "gate: no recordings source: pass --store DIR|URL (a directory, file:///path or \
-             s3://bucket/prefix) or set GATE_RECORDINGS"
-        );
-        return ExitCode::from(2);
+    let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.trim().is_empty());
+    let source = match (nonempty(&cli.url), nonempty(&cli.store)) {
+        (Some(url), _) => SourceArg::ControlPlane {
+            url,
+            token: nonempty(&cli.token).unwrap_or_default(),
+            org: nonempty(&cli.org),
+        },
+        (None, Some(store)) => SourceArg::Store(store),
+        (None, None) => {
+            eprintln!(
+                "gate: no recordings source: pass --url http://control-plane:8080 with --token, or \
+                 --store DIR|URL (a directory, file:///path or s3://bucket/prefix); or set \
+                 GATE_URL/GATE_TOKEN or GATE_RECORDINGS"
+            );
+            return ExitCode::from(2);
+        }
     };
     let color = match cli.color {
         ColorChoice::Always => true,
@@ -115,7 +135,7 @@ fn main() -> ExitCode {
             std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
         }
     };
-    match run(store, cli.command, color) {
+    match run(source, cli.command, color) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS, // `gate ... | head`
         Err(e) => {
@@ -145,12 +165,25 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-fn run(store: &str, command: Command, color: bool) -> anyhow::Result<()> {
+/// Where to read from, as given on the command line.
+enum SourceArg {
+    Store(String),
+    ControlPlane {
+        url: String,
+        token: String,
+        org: Option<String>,
+    },
+}
+
+fn run(source: SourceArg, command: Command, color: bool) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let source = Source::from_store_arg(store)?;
+    let source = match source {
+        SourceArg::Store(store) => Source::from_store_arg(&store)?,
+        SourceArg::ControlPlane { url, token, org } => Source::control_plane(&url, &token, org)?,
+    };
     let Command::Recordings(command) = command;
     match command {
         RecordingsCommand::List { output } => {

@@ -102,6 +102,7 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
     } else {
         Recordings::disabled()
     };
+    let index_events = announce_recordings(&recordings, &audit);
     let local_sources = read_policy_sources(&cfg)?;
     let pipeline = Pipeline::new(PipelineParts {
         auth: Authenticator::from_config(&cfg.auth)?,
@@ -236,6 +237,7 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
     handlers.postgres.close_idle();
     handlers.mysql.close_idle();
     recordings.shutdown().await;
+    index_events.drained(Duration::from_secs(5)).await;
     audit.close().await;
     drop(audit);
     drop(handlers);
@@ -317,5 +319,56 @@ async fn dispatch(stream: TcpStream, peer: SocketAddr, handlers: Handlers) {
         other => {
             tracing::debug!(%peer, detected = ?other, "unrecognised protocol on the shared listener; closing")
         }
+    }
+}
+
+/// Every finalised recording becomes an audit event (`kind: recording`, the index in
+/// `details`), so it reaches the control plane with the audit's at-least-once delivery.
+fn announce_recordings(recordings: &Recordings, audit: &gate_pipeline::AuditLog) -> Arc<InFlight> {
+    let in_flight = Arc::new(InFlight::default());
+    let (audit, tracker) = (audit.clone(), in_flight.clone());
+    recordings.on_finalized(move |index| {
+        let Ok(details) = serde_json::to_value(&index) else {
+            return;
+        };
+        let event = gate_core::AuditEvent {
+            session_id: Some(index.session_id),
+            identity: Some(index.user.clone()),
+            resource: Some(index.resource.clone()),
+            protocol: Some(index.protocol.clone()),
+            details,
+            ..gate_core::AuditEvent::new(gate_core::AuditKind::Recording)
+        };
+        let (audit, tracker) = (audit.clone(), tracker.clone());
+        tracker.count.fetch_add(1, Ordering::AcqRel);
+        // The hook runs on the recording writer's I/O task: hand off, never wait there.
+        tokio::spawn(async move {
+            audit.emit(event).await;
+            tracker.count.fetch_sub(1, Ordering::AcqRel);
+            tracker.done.notify_waiters();
+        });
+    });
+    in_flight
+}
+
+/// Recording announcements not yet handed to the audit log.
+#[derive(Default)]
+struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+impl InFlight {
+    async fn drained(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let notified = self.done.notified();
+                if self.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
     }
 }

@@ -108,6 +108,21 @@ pub struct AuditConfig {
     /// everything.
     #[serde(default, deserialize_with = "optional_duration")]
     pub retention: Option<Duration>,
+    /// How often the retention job runs (default [`DEFAULT_PURGE_INTERVAL`]). Operators
+    /// rarely need it; tests set it short to see a purge without waiting an hour.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub purge_interval: Option<Duration>,
+}
+
+/// The retention job runs hourly: a day's retention is honoured within the hour, and the
+/// delete (indexed by time) stays small each time.
+pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+
+impl AuditConfig {
+    /// The retention job's period.
+    pub fn purge_interval(&self) -> Duration {
+        self.purge_interval.unwrap_or(DEFAULT_PURGE_INTERVAL)
+    }
 }
 
 fn default_max_open_conns() -> u32 {
@@ -149,6 +164,15 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
 }
 
 impl ControlConfig {
+    /// Where recordings are read from, if configured.
+    pub fn recording_location(&self) -> Option<gate_core::config::RecordingLocation> {
+        match (&self.recording.url, &self.recording.dir) {
+            (Some(url), _) => Some(gate_core::config::RecordingLocation::Url(url.clone())),
+            (None, Some(dir)) => Some(gate_core::config::RecordingLocation::Dir(dir.clone())),
+            (None, None) => None,
+        }
+    }
+
     /// Reads, expands and validates a config file.
     pub fn load(path: &Path) -> Result<ControlConfig, ConfigErrors> {
         let fail = |errors| ConfigErrors {
@@ -255,6 +279,9 @@ impl ControlConfig {
                 "must be at least 1h (it deletes audit events)".to_string(),
             );
         }
+        if self.audit.purge_interval.is_some_and(|i| i.is_zero()) {
+            err("audit.purge_interval", "must be greater than 0".to_string());
+        }
         errors
     }
 }
@@ -332,6 +359,7 @@ audit: {retention: 90d}
         assert_eq!(c.database.max_open_conns, 7);
         assert_eq!(c.database.min_conns, 5);
         assert_eq!(c.audit.retention, Some(Duration::from_secs(90 * 24 * 3600)));
+        assert_eq!(c.audit.purge_interval(), DEFAULT_PURGE_INTERVAL);
         assert!(!format!("{c:?}").contains("k3y"));
     }
 

@@ -36,7 +36,8 @@ use serde_json::json;
 
 use crate::error::{ServiceError, ServiceResult};
 use crate::service::{
-    api_keys, audit, connectors, groups, identities, orgs, parse_id, policies, resources,
+    api_keys, audit, connectors, groups, identities, orgs, parse_id, policies, recordings,
+    resources,
 };
 use crate::{Caller, Control};
 
@@ -102,6 +103,9 @@ fn api() -> Router<Arc<Control>> {
             delete(delete_registration_token),
         )
         .route("/audit", get(query_audit))
+        .route("/recordings", get(list_recordings))
+        .route("/recordings/{id}", get(get_recording))
+        .route("/recordings/{id}/content", get(recording_content))
         .route("/audit/export", get(export_audit))
         .fallback(|| async { ServiceError::NotFound("no such API route".into()) })
 }
@@ -642,4 +646,41 @@ async fn export_audit(
         body,
     )
         .into_response())
+}
+
+async fn list_recordings(State(ctl): Ctl, caller: Caller) -> ServiceResult<Response> {
+    let list = recordings::list_recordings(&ctl, &caller).await?;
+    Ok(ok(json!({ "recordings": list })))
+}
+
+async fn get_recording(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ServiceResult<Response> {
+    Ok(ok(recordings::get_recording(&ctl, &caller, &id).await?))
+}
+
+/// The bytes as stored: asciicast v2 for terminals, JSON Lines for query sessions.
+async fn recording_content(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ServiceResult<Response> {
+    let (info, bytes) = recordings::recording_content(&ctl, &caller, &id).await?;
+    let (content_type, ext) = if info.index.kind == gate_recording::RecordingKind::Terminal {
+        ("application/x-asciicast", "cast")
+    } else {
+        ("application/jsonl", "jsonl")
+    };
+    Ok(Response::builder()
+        .status(axum::http::StatusCode::OK)
+        .header(axum::http::header::CONTENT_TYPE, content_type)
+        .header(
+            axum::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{}.{ext}\"", info.index.recording_id),
+        )
+        .header("x-content-sha256", info.index.sha256.clone())
+        .body(axum::body::Body::from(bytes))
+        .unwrap_or_else(|_| Response::new(axum::body::Body::empty())))
 }

@@ -10,8 +10,12 @@
 //! - [`server`]: one listener for both, split by `content-type: application/grpc`, with
 //!   optional TLS (ALPN `h2` + `http/1.1`), `/health` and `/metrics`.
 //!
-//! Other surfaces (the read-only `/mcp` endpoint, the web UI) plug in as extra axum routes
-//! through [`server::Surfaces::with_http_routes`], calling the same service functions.
+//! - [`mcp`]: the read-only MCP endpoint at `/mcp` (JSON-RPC over Streamable HTTP), always
+//!   served next to `/api/v1`, calling the same service functions with the same keys.
+//! - [`retention`]: the background job that purges audit older than `audit.retention`.
+//!
+//! Other surfaces (the web UI) plug in as extra axum routes through
+//! [`server::Surfaces::with_http_routes`], calling the same service functions.
 
 pub mod auth;
 pub mod config;
@@ -19,7 +23,9 @@ pub mod convert;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod mcp;
 pub mod metrics;
+pub mod retention;
 pub mod server;
 pub mod service;
 
@@ -47,6 +53,11 @@ pub struct Control {
     /// Set when the process shuts down: long-lived streams end so connections can drain.
     shutdown: tokio::sync::watch::Sender<bool>,
     watch_poll: Duration,
+    /// Where recordings are read from (`recording: {dir | url}`), set at start.
+    recording_store: std::sync::OnceLock<(
+        std::sync::Arc<dyn object_store::ObjectStore>,
+        object_store::path::Path,
+    )>,
 }
 
 /// How `Control` is put together (see [`Control::new`]).
@@ -80,7 +91,29 @@ impl Control {
             changes: tokio::sync::watch::Sender::new(0),
             shutdown: tokio::sync::watch::Sender::new(false),
             watch_poll: options.watch_poll,
+            recording_store: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the recording store (once; later calls are ignored).
+    pub fn set_recording_store(
+        &self,
+        store: (
+            std::sync::Arc<dyn object_store::ObjectStore>,
+            object_store::path::Path,
+        ),
+    ) {
+        let _ = self.recording_store.set(store);
+    }
+
+    /// The recording store, when one is configured.
+    pub fn recording_store(
+        &self,
+    ) -> Option<&(
+        std::sync::Arc<dyn object_store::ObjectStore>,
+        object_store::path::Path,
+    )> {
+        self.recording_store.get()
     }
 
     pub fn store(&self) -> &Store {

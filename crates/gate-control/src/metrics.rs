@@ -146,6 +146,7 @@ pub fn area_of(path: &str) -> &'static str {
     }
     match path {
         "/health" | "/metrics" => "system",
+        "/mcp" => "mcp",
         _ => "other",
     }
 }

@@ -1,6 +1,6 @@
-//! One listener, three surfaces: HTTP (`/health`, `/metrics`, `/api/v1`), gRPC
+//! One listener, three surfaces: HTTP (`/health`, `/metrics`, `/api/v1`, `/mcp`), gRPC
 //! (`gate.v1.*`) and, through [`Surfaces::with_http_routes`], whatever else is added later
-//! (the `/mcp` endpoint, the web UI).
+//! (the web UI).
 //!
 //! Every connection is served by hyper's auto builder (HTTP/1.1, or HTTP/2 by prior
 //! knowledge or ALPN), and every request is dispatched by its `content-type`: anything
@@ -116,6 +116,8 @@ pub struct Running {
     ctl: Arc<Control>,
     stop: tokio::sync::watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// The audit retention job, when `audit.retention` is set.
+    retention: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -128,12 +130,16 @@ impl Running {
         &self.ctl
     }
 
-    /// Stops accepting, ends config watches, drains open requests (up to a timeout) and
-    /// closes the store.
+    /// Stops accepting, ends config watches and the retention job, drains open requests
+    /// (up to a timeout) and closes the store.
     pub async fn shutdown(self) {
         self.ctl.begin_shutdown();
         self.stop.send_replace(true);
         let _ = self.task.await;
+        // A purge in progress finishes first: the store must not close under it.
+        if let Some(retention) = self.retention {
+            let _ = retention.await;
+        }
         self.ctl.store().close().await;
     }
 
@@ -211,7 +217,17 @@ pub async fn start_with(
             ..ControlOptions::default()
         },
     );
-    let surfaces = Surfaces::new(ctl.clone()).with_http_routes(extra_routes(ctl.clone()));
+    if let Some(location) = cfg.recording_location() {
+        match gate_recording::open_store(&location) {
+            Ok(store) => ctl.set_recording_store(store),
+            Err(e) => {
+                tracing::error!(error = %e, "recording store unavailable; /api/v1/recordings/{{id}}/content will fail")
+            }
+        }
+    }
+    let surfaces = Surfaces::new(ctl.clone())
+        .with_http_routes(crate::mcp::router(ctl.clone()))
+        .with_http_routes(extra_routes(ctl.clone()));
     let listener = TcpListener::bind(&cfg.listen_addr)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen_addr))?;
@@ -224,11 +240,15 @@ pub async fn start_with(
     );
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(serve(listener, tls, surfaces, ctl.clone(), stop_rx));
+    let retention = cfg.audit.retention.map(|retention| {
+        crate::retention::spawn(ctl.clone(), retention, cfg.audit.purge_interval())
+    });
     Ok(Running {
         addr,
         ctl,
         stop,
         task,
+        retention,
     })
 }
 

@@ -15,6 +15,9 @@ pub enum AuditKind {
     PolicyDecision,
     /// An operator ended a live session (`reason` says who and why).
     SessionTerminated,
+    /// A recording was finalised; `details` is its index (id, object key, size, SHA-256).
+    /// Shipped to the control plane like any event, which lists recordings from these.
+    Recording,
 }
 
 /// Who an event is about. Never contains a credential.

@@ -22,13 +22,22 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts `gate-control` with its store in `dir` (created if missing).
     pub async fn start(dir: &Path) -> anyhow::Result<ControlPlane> {
+        Self::start_with(dir, None).await
+    }
+
+    /// Like [`ControlPlane::start`], reading recordings from `recordings` (the directory the
+    /// connectors write to).
+    pub async fn start_with(dir: &Path, recordings: Option<&Path>) -> anyhow::Result<ControlPlane> {
         std::fs::create_dir_all(dir)?;
         let binary = tokio::task::spawn_blocking(|| crate::cargo_bin("gate-control")).await??;
         let addr = format!("127.0.0.1:{}", free_port());
         let system_key = format!("sys-{}", random_hex());
         let yaml = format!(
-            "listen_addr: \"{addr}\"\napi_key: \"{system_key}\"\ndatabase: {{dsn: \"sqlite://{}/control.db\", max_open_conns: 5, min_conns: 1}}\nlogging: {{level: info, format: text}}\n",
-            dir.display()
+            "listen_addr: \"{addr}\"\napi_key: \"{system_key}\"\ndatabase: {{dsn: \"sqlite://{}/control.db\", max_open_conns: 5, min_conns: 1}}\nlogging: {{level: info, format: text}}\n{}",
+            dir.display(),
+            recordings
+                .map(|r| format!("recording: {{dir: \"{}\"}}\n", r.display()))
+                .unwrap_or_default()
         );
         std::fs::write(dir.join("control.yaml"), yaml)?;
         let mut cp = ControlPlane {
@@ -91,6 +100,11 @@ impl ControlPlane {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The system key (tests act as the operator).
+    pub fn system_key(&self) -> &str {
+        &self.system_key
     }
 
     pub fn log(&self) -> String {

@@ -10,6 +10,7 @@
 //! ([`record_change`]); changes to what connectors enforce also wake config watchers
 //! ([`Control::notify_change`]).
 
+pub mod access_requests;
 pub mod api_keys;
 pub mod audit;
 pub mod connector_api;
@@ -18,6 +19,7 @@ pub mod groups;
 pub mod identities;
 pub mod orgs;
 pub mod policies;
+pub mod recordings;
 pub mod resources;
 
 use gate_store::{OrgId, StoreError};
