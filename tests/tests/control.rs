@@ -389,3 +389,55 @@ async fn identities_sync_and_recordings_are_served_by_the_control_plane() {
         .unwrap();
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_to_the_control_plane_is_tls_verified() {
+    use gate_test_support::certs::TestCerts;
+    let cp_dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::generate(cp_dir.path()).unwrap();
+    // Set-up over plain HTTP (the harness's own client speaks no TLS), then the same store
+    // is served with TLS.
+    let plain = ControlPlane::start(cp_dir.path()).await.unwrap();
+    let org = plain.create_org("tls").await.unwrap();
+    let good = plain.registration_token(&org, "edge-good").await.unwrap();
+    let bad = plain.registration_token(&org, "edge-bad").await.unwrap();
+    drop(plain);
+    let cp = ControlPlane::start_opts(cp_dir.path(), None, Some(&certs))
+        .await
+        .expect("control plane with TLS");
+
+    // Trusting the control plane's CA: registers and watches over TLS.
+    let env = start(Opts {
+        policy: Some(ALLOW_ALL.into()),
+        extra: format!(
+            "control_plane: {{url: \"{}\", registration_token: \"{good}\", ca_file: \"{}\"}}\n",
+            cp.url(),
+            certs.ca_pem_path.display()
+        ),
+        ..Opts::default()
+    })
+    .await;
+    env.gw
+        .wait_for_log("watching the control plane", SYNC_WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- control plane ---\n{}", cp.log()));
+
+    // Trusting another CA: the handshake fails and nothing registers.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = TestCerts::generate(other_dir.path()).unwrap();
+    let env2 = start(Opts {
+        policy: Some(ALLOW_ALL.into()),
+        extra: format!(
+            "control_plane: {{url: \"{}\", registration_token: \"{bad}\", ca_file: \"{}\"}}\n",
+            cp.url(),
+            other.ca_pem_path.display()
+        ),
+        ..Opts::default()
+    })
+    .await;
+    env2.gw
+        .wait_for_log("control plane unreachable for registration", SYNC_WAIT)
+        .await
+        .unwrap();
+    assert!(!env2.gw.log().contains("registered with the control plane"));
+}

@@ -66,7 +66,7 @@ pub struct ControlPlaneConfig {
     #[serde(default)]
     pub registration_token: Option<String>,
     /// PEM CA certificate(s) to verify the control plane's TLS certificate (self-signed
-    /// setups); default: the system's roots are not loaded, so set this for `https://`.
+    /// setups); default: the system's trusted roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Fallback poll interval when the watch stream is down.

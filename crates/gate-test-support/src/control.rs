@@ -17,6 +17,7 @@ pub struct ControlPlane {
     system_key: String,
     binary: PathBuf,
     child: Option<Child>,
+    tls: bool,
 }
 
 impl ControlPlane {
@@ -28,6 +29,17 @@ impl ControlPlane {
     /// Like [`ControlPlane::start`], reading recordings from `recordings` (the directory the
     /// connectors write to).
     pub async fn start_with(dir: &Path, recordings: Option<&Path>) -> anyhow::Result<ControlPlane> {
+        Self::start_opts(dir, recordings, None).await
+    }
+
+    /// Like [`ControlPlane::start_with`], serving HTTPS/gRPC over TLS with `tls` when given
+    /// (the test harness itself still talks to it through [`ControlPlane::call`] only when
+    /// TLS is off; with TLS, drive it through a connector).
+    pub async fn start_opts(
+        dir: &Path,
+        recordings: Option<&Path>,
+        tls: Option<&crate::certs::TestCerts>,
+    ) -> anyhow::Result<ControlPlane> {
         std::fs::create_dir_all(dir)?;
         let binary = tokio::task::spawn_blocking(|| crate::cargo_bin("gate-control")).await??;
         let addr = format!("127.0.0.1:{}", free_port());
@@ -38,7 +50,15 @@ impl ControlPlane {
             recordings
                 .map(|r| format!("recording: {{dir: \"{}\"}}\n", r.display()))
                 .unwrap_or_default()
-        );
+        ) + &tls
+            .map(|t| {
+                format!(
+                    "tls: {{cert_file: \"{}\", key_file: \"{}\"}}\n",
+                    t.cert_path.display(),
+                    t.key_path.display()
+                )
+            })
+            .unwrap_or_default();
         std::fs::write(dir.join("control.yaml"), yaml)?;
         let mut cp = ControlPlane {
             dir: dir.to_path_buf(),
@@ -46,6 +66,7 @@ impl ControlPlane {
             system_key,
             binary,
             child: None,
+            tls: tls.is_some(),
         };
         cp.start_again().await?;
         Ok(cp)
@@ -71,6 +92,11 @@ impl ControlPlane {
             .with_context(|| format!("starting {}", self.binary.display()))?;
         self.child = Some(child);
         let addr = self.addr.clone();
+        if self.tls {
+            return crate::wait_for_port(addr.as_str(), DEFAULT_TIMEOUT)
+                .await
+                .with_context(|| format!("gate-control did not come up; log:\n{}", self.log()));
+        }
         wait_until("gate-control /health", DEFAULT_TIMEOUT, || {
             let addr = addr.clone();
             async move {
@@ -99,7 +125,8 @@ impl ControlPlane {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The system key (tests act as the operator).
