@@ -1,14 +1,13 @@
 //! `control.yaml`: YAML with `${ENV}` expansion, validated as a whole so every problem is
 //! reported at once with its path in the file — the same conventions as the connector's
-//! config. The expansion itself is gate-core's [`expand_str`]; the tree walk around it is
-//! repeated here because gate-core keeps its walker private to `ConnectorConfig`.
+//! config; the expansion is gate-core's ([`gate_core::config::expand_env_in`]).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gate_core::config::{ConfigError, ConfigErrors, LoggingConfig, TlsConfig, expand_str};
+use gate_core::config::{ConfigError, ConfigErrors, LoggingConfig, TlsConfig};
 use serde::{Deserialize, Deserializer};
 
 /// The whole `control.yaml`.
@@ -200,7 +199,7 @@ impl ControlConfig {
             }]
         })?;
         let mut errors = Vec::new();
-        expand_env(&mut doc, &mut String::new(), env, &mut errors);
+        errors.extend(gate_core::config::expand_env_in(&mut doc, env));
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -283,46 +282,6 @@ impl ControlConfig {
             err("audit.purge_interval", "must be greater than 0".to_string());
         }
         errors
-    }
-}
-
-/// Expands `${VAR}` and `${VAR:-default}` in every string scalar (`$$` is a literal `$`).
-fn expand_env(
-    v: &mut yaml_serde::Value,
-    path: &mut String,
-    env: &dyn Fn(&str) -> Option<String>,
-    errors: &mut Vec<ConfigError>,
-) {
-    use yaml_serde::Value;
-    match v {
-        Value::String(s) if s.contains('$') => match expand_str(s, env) {
-            Ok(out) => *s = out,
-            Err(message) => errors.push(ConfigError {
-                path: path.clone(),
-                message,
-            }),
-        },
-        Value::Sequence(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                expand_env(item, path, env, errors);
-                path.truncate(len);
-            }
-        }
-        Value::Mapping(map) => {
-            for (k, item) in map.iter_mut() {
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(k.as_str().unwrap_or("?"));
-                expand_env(item, path, env, errors);
-                path.truncate(len);
-            }
-        }
-        Value::Tagged(t) => expand_env(&mut t.value, path, env, errors),
-        _ => {}
     }
 }
 

@@ -480,7 +480,7 @@ impl ConnectorConfig {
             }]
         })?;
         let mut errors = Vec::new();
-        expand_env(&mut doc, &mut String::new(), env, &mut errors);
+        errors.extend(expand_env_in(&mut doc, env));
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -717,7 +717,18 @@ pub enum RecordingLocation {
     Url(String),
 }
 
-/// Expands `${VAR}` and `${VAR:-default}` in every string scalar. `$$` is a literal `$`.
+/// Expands `${VAR}` and `${VAR:-default}` in every string scalar of a YAML document (`$$`
+/// is a literal `$`); one error per scalar that names an unset variable, with its path.
+/// Shared by every Gate config file (connector and control plane).
+pub fn expand_env_in(
+    doc: &mut yaml_serde::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    expand_env(doc, &mut String::new(), env, &mut errors);
+    errors
+}
+
 fn expand_env(
     v: &mut yaml_serde::Value,
     path: &mut String,
