@@ -441,3 +441,59 @@ async fn the_link_to_the_control_plane_is_tls_verified() {
         .unwrap();
     assert!(!env2.gw.log().contains("registered with the control plane"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_created_in_the_control_plane_is_served_by_the_connector() {
+    let l = linked("resources").await;
+    let pg = gate_test_support::postgres::PgServer::shared();
+    // The password stays on the connector's host: `${TEST_APP_DB_PASSWORD}` is expanded
+    // from the connector's environment, never stored in the control plane.
+    let spec = json!({
+        "credentials": {"username": pg.app_user(), "password": "${TEST_APP_DB_PASSWORD}"},
+        "pool": {"max_connections": 5},
+    });
+    l.cp.ok(
+        "POST",
+        "/api/v1/resources",
+        Some(&l.org),
+        Some(json!({
+            "name": "synced-db",
+            "protocol": "postgres",
+            "host": "127.0.0.1",
+            "port": pg.port(),
+            "database": "appdb",
+            "spec": spec,
+        })),
+    )
+    .await
+    .unwrap();
+    let conninfo = l.env.conninfo("alice", ALICE_TOKEN, "synced-db");
+    let c = wait_until("synced-db is served", SYNC_WAIT, || async {
+        l.env.connect(&conninfo).await.ok()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", l.env.gw.log()));
+    let rows = c.simple_query("SELECT count(*) FROM users").await.unwrap();
+    assert!(!rows.is_empty());
+    drop(c);
+
+    // Deleted centrally: new sessions are refused.
+    let listed =
+        l.cp.ok("GET", "/api/v1/resources", Some(&l.org), None)
+            .await
+            .unwrap();
+    let id = listed["resources"][0]["id"].as_str().unwrap().to_string();
+    l.cp.ok(
+        "DELETE",
+        &format!("/api/v1/resources/{id}"),
+        Some(&l.org),
+        None,
+    )
+    .await
+    .unwrap();
+    wait_until("synced-db is gone", SYNC_WAIT, || async {
+        l.env.connect(&conninfo).await.err().map(|_| ())
+    })
+    .await
+    .unwrap();
+}

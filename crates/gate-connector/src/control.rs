@@ -57,6 +57,8 @@ pub struct Composer {
     pipeline: Arc<Pipeline>,
     local_policies: Mutex<Vec<PolicySource>>,
     base_auth: Arc<Authenticator>,
+    /// The config file's resources; synced ones are added to these (the file wins).
+    base_resources: Vec<gate_core::config::ResourceConfig>,
     remote: Mutex<Option<v1::ConfigSnapshot>>,
 }
 
@@ -66,10 +68,16 @@ impl Composer {
         local_policies: Vec<PolicySource>,
         base_auth: Arc<Authenticator>,
     ) -> Arc<Composer> {
+        let base_resources = pipeline
+            .resources()
+            .iter()
+            .map(|r| r.as_ref().clone())
+            .collect();
         Arc::new(Composer {
             pipeline,
             local_policies: Mutex::new(local_policies),
             base_auth,
+            base_resources,
             remote: Mutex::new(None),
         })
     }
@@ -110,8 +118,22 @@ impl Composer {
         for p in problems {
             tracing::warn!(problem = %p, "synced identity skipped in part");
         }
+        let mut resources = self.base_resources.clone();
+        for r in &snapshot.resources {
+            if resources.iter().any(|b| b.name == r.name) {
+                tracing::warn!(resource = %r.name, "a synced resource has the name of one in the config file; the file's is kept");
+                continue;
+            }
+            match resource_from_snapshot(r) {
+                Ok(res) => resources.push(res),
+                Err(e) => {
+                    tracing::error!(resource = %r.name, error = %e, "synced resource skipped")
+                }
+            }
+        }
         self.pipeline.replace_policies(set);
         self.pipeline.replace_authenticator(auth);
+        self.pipeline.replace_resources(resources);
         tracing::info!(
             revision = snapshot.revision,
             policies = snapshot.policies.len(),
@@ -121,6 +143,47 @@ impl Composer {
         *lock(&self.remote) = Some(snapshot);
         Ok(())
     }
+}
+
+/// A resource from the control plane as the connector serves it. Its `spec_json` holds the
+/// rest of a resource's config-file fields (credentials, pool, SSH host key pin, …);
+/// `${VAR}` references in it are expanded from the connector's own environment, so
+/// upstream secrets can stay on the connector's host. A synced resource is served on the
+/// shared listener (`listen_port` needs a restart-time listener and is ignored).
+fn resource_from_snapshot(r: &v1::Resource) -> anyhow::Result<gate_core::config::ResourceConfig> {
+    let mut spec: serde_json::Value = if r.spec_json.trim().is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_json::from_str(&r.spec_json).context("spec_json is not JSON")?
+    };
+    let Some(obj) = spec.as_object_mut() else {
+        bail!("spec_json must be a JSON object");
+    };
+    if obj.remove("listen_port").is_some() {
+        tracing::warn!(resource = %r.name, "listen_port of a synced resource is ignored; it is served on the shared listener");
+    }
+    obj.insert("name".into(), r.name.clone().into());
+    obj.insert("protocol".into(), r.protocol.clone().into());
+    obj.insert("host".into(), r.host.clone().into());
+    obj.insert("port".into(), r.port.into());
+    if !r.database.is_empty() {
+        obj.insert("database".into(), r.database.clone().into());
+    }
+    let mut doc: yaml_serde::Value = yaml_serde::to_value(&spec)?;
+    let errors = gate_core::config::expand_env_in(&mut doc, &|name| std::env::var(name).ok());
+    if let Some(e) = errors.first() {
+        bail!("{}: {}", e.path, e.message);
+    }
+    let res: gate_core::config::ResourceConfig = serde_path_to_error::deserialize(doc)
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.path(), e.inner()))?;
+    if matches!(
+        res.protocol,
+        gate_core::Protocol::Postgres | gate_core::Protocol::Mysql
+    ) && res.database.is_none()
+    {
+        bail!("database is required for {} resources", res.protocol);
+    }
+    Ok(res)
 }
 
 fn compose_policies(
@@ -328,7 +391,12 @@ impl ControlPlane {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 uptime_s: self.started.elapsed().as_secs() as i64,
                 active_sessions: self.pipeline.live_sessions() as i64,
-                resources_served: self.pipeline.resources().map(|r| r.name.clone()).collect(),
+                resources_served: self
+                    .pipeline
+                    .resources()
+                    .iter()
+                    .map(|r| r.name.clone())
+                    .collect(),
             });
             req.set_timeout(RPC_TIMEOUT);
             match client.heartbeat(req).await {

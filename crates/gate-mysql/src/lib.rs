@@ -97,6 +97,7 @@ impl MysqlHandler {
     pub fn has_resources(&self) -> bool {
         self.pipeline
             .resources()
+            .iter()
             .any(|r| r.protocol == Protocol::Mysql)
     }
 
@@ -116,12 +117,12 @@ impl MysqlHandler {
     /// listener those of the first MySQL resource (in configuration order) that answers.
     async fn greeting_info(&self, implied: Option<&str>) -> Result<Arc<ServerInfo>, String> {
         let candidates: Vec<Arc<ResourceConfig>> = match implied {
-            Some(name) => self.pipeline.resource(name).cloned().into_iter().collect(),
+            Some(name) => self.pipeline.resource(name).into_iter().collect(),
             None => self
                 .pipeline
                 .resources()
+                .into_iter()
                 .filter(|r| r.protocol == Protocol::Mysql)
-                .cloned()
                 .collect(),
         };
         if candidates.is_empty() {

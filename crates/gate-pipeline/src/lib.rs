@@ -47,9 +47,9 @@ pub struct Pipeline {
     recordings: Recordings,
     metrics: Arc<Metrics>,
     masker: Masker,
-    resources: HashMap<String, Arc<ResourceConfig>>,
-    /// Resource names in configuration order.
-    resource_order: Vec<String>,
+    /// Swapped whole when the control plane changes resources; sessions keep the
+    /// `Arc<ResourceConfig>` they opened with.
+    resources: ArcSwap<ResourceSet>,
     live: LiveSessions,
     shutdown: watch::Sender<bool>,
 }
@@ -83,26 +83,35 @@ impl Pipeline {
             recordings: parts.recordings,
             metrics: parts.metrics,
             masker: parts.masker,
-            resource_order: parts.resources.iter().map(|r| r.name.clone()).collect(),
-            resources: parts
-                .resources
-                .into_iter()
-                .map(|r| (r.name.clone(), Arc::new(r)))
-                .collect(),
+            resources: ArcSwap::from_pointee(ResourceSet::new(parts.resources)),
             live: LiveSessions::default(),
             shutdown: watch::channel(false).0,
         })
     }
 
-    pub fn resource(&self, name: &str) -> Option<&Arc<ResourceConfig>> {
-        self.resources.get(name)
+    pub fn resource(&self, name: &str) -> Option<Arc<ResourceConfig>> {
+        self.resources.load().by_name.get(name).cloned()
     }
 
     /// Every resource, in configuration order.
-    pub fn resources(&self) -> impl Iterator<Item = &Arc<ResourceConfig>> {
-        self.resource_order
-            .iter()
-            .filter_map(|n| self.resources.get(n))
+    pub fn resources(&self) -> Vec<Arc<ResourceConfig>> {
+        self.resources.load().ordered.clone()
+    }
+
+    /// Swaps in a new set of resources (the file's plus the control plane's). A resource
+    /// whose definition did not change keeps its `Arc`, so handlers' per-resource state
+    /// (pools, keys) built for it stays valid; a changed one gets a new `Arc`.
+    pub fn replace_resources(&self, resources: Vec<ResourceConfig>) {
+        let old = self.resources.load_full();
+        let reused: Vec<Arc<ResourceConfig>> = resources
+            .into_iter()
+            .map(|r| match old.by_name.get(&r.name) {
+                Some(prev) if same_definition(prev, &r) => prev.clone(),
+                _ => Arc::new(r),
+            })
+            .collect();
+        self.resources
+            .store(Arc::new(ResourceSet::from_arcs(reused)));
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -205,10 +214,8 @@ impl Pipeline {
         name: &str,
     ) -> Option<Arc<ResourceConfig>> {
         let found = self
-            .resources
-            .get(name)
-            .filter(|r| r.protocol == client.protocol)
-            .cloned();
+            .resource(name)
+            .filter(|r| r.protocol == client.protocol);
         if found.is_none() {
             self.audit_refused(client, Some(user), "unknown resource")
                 .await;
@@ -297,6 +304,34 @@ impl Pipeline {
             let _ = rx.wait_for(|s| *s).await;
         }
     }
+}
+
+/// The resources in force: by name, and in configuration order.
+pub struct ResourceSet {
+    by_name: HashMap<String, Arc<ResourceConfig>>,
+    ordered: Vec<Arc<ResourceConfig>>,
+}
+
+impl ResourceSet {
+    fn new(resources: Vec<ResourceConfig>) -> ResourceSet {
+        Self::from_arcs(resources.into_iter().map(Arc::new).collect())
+    }
+
+    fn from_arcs(ordered: Vec<Arc<ResourceConfig>>) -> ResourceSet {
+        ResourceSet {
+            by_name: ordered
+                .iter()
+                .map(|r| (r.name.clone(), r.clone()))
+                .collect(),
+            ordered,
+        }
+    }
+}
+
+/// Whether two definitions are the same (their `Debug` forms, which cover every field;
+/// the password, which `Debug` redacts, is compared on its own).
+fn same_definition(a: &ResourceConfig, b: &ResourceConfig) -> bool {
+    format!("{a:?}") == format!("{b:?}") && a.credentials.password == b.credentials.password
 }
 
 #[derive(Default)]

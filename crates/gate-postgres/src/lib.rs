@@ -46,11 +46,16 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 pub struct PostgresHandler {
     pipeline: Arc<Pipeline>,
     tls: Option<TlsAcceptor>,
-    pools: HashMap<String, Pool<Upstream>>,
+    /// Per resource: the definition a pool was built for, and the pool. Built on first use,
+    /// rebuilt when the definition changes (a resource synced from the control plane).
+    pools: Mutex<HashMap<String, PoolFor>>,
     /// Upstream ParameterStatus values per resource, learned from its first connection.
     server_params: Mutex<HashMap<String, ServerParams>>,
     cancels: Mutex<HashMap<i32, CancelTarget>>,
 }
+
+/// A pool and the resource definition it was built for.
+type PoolFor = (Arc<ResourceConfig>, Pool<Upstream>);
 
 /// `(name, value)` pairs a server reports with ParameterStatus at startup.
 type ServerParams = Arc<Vec<(String, String)>>;
@@ -78,36 +83,54 @@ async fn refuse(client: &mut ClientStream, code: &str, message: &str) {
 
 impl PostgresHandler {
     pub fn new(pipeline: Arc<Pipeline>, tls: Option<TlsAcceptor>) -> Arc<PostgresHandler> {
-        let pools = pipeline
-            .resources()
-            .filter(|r| r.protocol == Protocol::Postgres)
-            .map(|r| {
-                (
-                    r.name.clone(),
-                    Pool::new(&r.name, &r.pool, pipeline.metrics()),
-                )
-            })
-            .collect();
         Arc::new(PostgresHandler {
             pipeline,
             tls,
-            pools,
+            pools: Mutex::new(HashMap::new()),
             server_params: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Closes idle upstream connections past their idle timeout.
+    /// Closes idle upstream connections past their idle timeout, and forgets pools of
+    /// resources that are gone.
     pub fn reap_idle(&self) {
-        for p in self.pools.values() {
+        let current = self.pipeline.resources();
+        let mut pools = self.pools.lock().expect("pools");
+        pools.retain(|name, (def, pool)| {
+            let live = current.iter().any(|r| Arc::ptr_eq(r, def));
+            if !live {
+                tracing::info!(resource = %name, "resource removed or changed; closing its idle upstream connections");
+                pool.close_idle();
+            }
+            live
+        });
+        for (_, p) in pools.values() {
             p.reap_idle();
         }
     }
 
     /// Closes every idle upstream connection (shutdown).
     pub fn close_idle(&self) {
-        for p in self.pools.values() {
+        for (_, p) in self.pools.lock().expect("pools").values() {
             p.close_idle();
+        }
+    }
+
+    /// The pool for this definition of the resource (a new one when it changed).
+    fn pool_for(&self, resource: &Arc<ResourceConfig>) -> Pool<Upstream> {
+        let mut pools = self.pools.lock().expect("pools");
+        match pools.get(&resource.name) {
+            Some((def, pool)) if Arc::ptr_eq(def, resource) => pool.clone(),
+            _ => {
+                let pool = Pool::new(&resource.name, &resource.pool, self.pipeline.metrics());
+                if let Some((_, old)) =
+                    pools.insert(resource.name.clone(), (resource.clone(), pool.clone()))
+                {
+                    old.close_idle();
+                }
+                pool
+            }
         }
     }
 
@@ -414,13 +437,10 @@ impl PostgresHandler {
     /// A pooled upstream with the client's settings applied, or a client-facing message.
     async fn assign_upstream(
         &self,
-        resource: &ResourceConfig,
+        resource: &Arc<ResourceConfig>,
         settings: &[(String, String)],
     ) -> Result<PooledConn<Upstream>, String> {
-        let pool = self
-            .pools
-            .get(&resource.name)
-            .ok_or("no pool for resource")?;
+        let pool = self.pool_for(resource);
         let mut conn = pool
             .acquire(|| Upstream::connect(resource), |u| u.idle_and_open())
             .await
@@ -472,7 +492,7 @@ impl PostgresHandler {
         mut client: ClientStream,
         mut buf: BytesMut,
         upstream: Option<PooledConn<Upstream>>,
-        resource: &ResourceConfig,
+        resource: &Arc<ResourceConfig>,
         settings: &[(String, String)],
         pid: i32,
     ) -> &'static str {

@@ -230,10 +230,16 @@ impl Connection {
             }
             return;
         };
-        let Some(ssh) = self.shared.resources.get(&resource.name).cloned() else {
-            self.state =
-                State::Refused(format!("resource {} is not served over SSH", resource.name));
-            return;
+        let ssh = match self.shared.prepare(&resource) {
+            Ok(ssh) => ssh,
+            Err(why) => {
+                tracing::error!(resource = %resource.name, error = %why, "SSH resource cannot be served");
+                self.state = State::Refused(format!(
+                    "resource {} is misconfigured on this gateway; tell its operator",
+                    resource.name
+                ));
+                return;
+            }
         };
         let facts = RequestFacts::Ssh(self.ssh_facts("session", None));
         let session = match self

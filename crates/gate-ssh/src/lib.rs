@@ -46,10 +46,52 @@ pub(crate) struct ResourceSsh {
     pub max_session_duration: Option<Duration>,
 }
 
+/// A resource definition and what was prepared for it.
+type Prepared = (Arc<gate_core::config::ResourceConfig>, Arc<ResourceSsh>);
+
 pub(crate) struct SshShared {
     pub pipeline: Arc<Pipeline>,
-    pub resources: HashMap<String, Arc<ResourceSsh>>,
+    /// Per resource: the definition it was prepared for, and what was prepared. Resources
+    /// synced from the control plane are prepared on first use.
+    resources: std::sync::Mutex<HashMap<String, Prepared>>,
     pub client_config: Arc<russh::client::Config>,
+}
+
+impl SshShared {
+    /// What Gate needs to serve `r` (its host key pin and credentials), prepared once per
+    /// definition. The error is a sentence for the user and the operator.
+    pub(crate) fn prepare(
+        &self,
+        r: &Arc<gate_core::config::ResourceConfig>,
+    ) -> Result<Arc<ResourceSsh>, String> {
+        let mut cache = self.resources.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((def, ssh)) = cache.get(&r.name)
+            && Arc::ptr_eq(def, r)
+        {
+            return Ok(ssh.clone());
+        }
+        let ssh = Arc::new(ResourceSsh::prepare(r).map_err(|e| format!("{e:#}"))?);
+        cache.insert(r.name.clone(), (r.clone(), ssh.clone()));
+        Ok(ssh)
+    }
+
+    /// The prepared settings of a resource already in use (for limits).
+    pub(crate) fn prepared(&self, name: &str) -> Option<Arc<ResourceSsh>> {
+        let cache = self.resources.lock().unwrap_or_else(|e| e.into_inner());
+        cache.get(name).map(|(_, ssh)| ssh.clone())
+    }
+}
+
+impl ResourceSsh {
+    fn prepare(r: &gate_core::config::ResourceConfig) -> anyhow::Result<ResourceSsh> {
+        Ok(ResourceSsh {
+            pin: HostKeyPin::from_resource(r)?,
+            credential: UpstreamCredential::from_resource(r)?,
+            record_input: r.recording.input,
+            idle_timeout: r.idle_timeout,
+            max_session_duration: r.max_session_duration,
+        })
+    }
 }
 
 /// Serves SSH connections for every `protocol: ssh` resource.
@@ -65,24 +107,18 @@ impl SshHandler {
         pipeline: Arc<Pipeline>,
         data_dir: &std::path::Path,
     ) -> anyhow::Result<Arc<SshHandler>> {
+        // The file's SSH resources are prepared now, so a bad key file fails start-up.
         let mut resources = HashMap::new();
-        for r in pipeline.resources().filter(|r| r.protocol == Protocol::Ssh) {
-            resources.insert(
-                r.name.clone(),
-                Arc::new(ResourceSsh {
-                    pin: HostKeyPin::from_resource(r)?,
-                    credential: UpstreamCredential::from_resource(r)?,
-                    record_input: r.recording.input,
-                    idle_timeout: r.idle_timeout,
-                    max_session_duration: r.max_session_duration,
-                }),
-            );
+        for r in pipeline
+            .resources()
+            .into_iter()
+            .filter(|r| r.protocol == Protocol::Ssh)
+        {
+            let ssh = Arc::new(ResourceSsh::prepare(&r)?);
+            resources.insert(r.name.clone(), (r, ssh));
         }
-        let host_key = if resources.is_empty() {
-            None
-        } else {
-            Some(keys::load_or_create_host_key(data_dir).context("SSH")?)
-        };
+        // Always: an SSH resource may arrive later from the control plane.
+        let host_key = Some(keys::load_or_create_host_key(data_dir).context("SSH")?);
         let server_config = server::Config {
             server_id: russh::SshId::Standard(
                 format!("SSH-2.0-Gate_{}", env!("CARGO_PKG_VERSION")).into(),
@@ -101,7 +137,7 @@ impl SshHandler {
         Ok(Arc::new(SshHandler {
             shared: Arc::new(SshShared {
                 pipeline,
-                resources,
+                resources: std::sync::Mutex::new(resources),
                 client_config: Arc::new(upstream::client_config()),
             }),
             server_config: Arc::new(server_config),
@@ -109,7 +145,11 @@ impl SshHandler {
     }
 
     pub fn has_resources(&self) -> bool {
-        !self.shared.resources.is_empty()
+        self.shared
+            .pipeline
+            .resources()
+            .iter()
+            .any(|r| r.protocol == Protocol::Ssh)
     }
 
     /// Serves one client connection until it ends, a limit ends it, or shutdown.
@@ -176,7 +216,7 @@ impl SshHandler {
             if let Some(why) = session.termination_reason() {
                 return format!("session terminated by an operator: {why}");
             }
-            let Some(r) = self.shared.resources.get(&session.resource.name) else {
+            let Some(r) = self.shared.prepared(&session.resource.name) else {
                 continue;
             };
             if let Some(idle) = r.idle_timeout
