@@ -498,7 +498,8 @@ impl server::Handler for Connection {
         if self.refusal().is_some() {
             // Accepted only to say why on stderr when the client asks for a shell/command.
             reply.accept().await;
-            self.channels_refused_insert(channel.id());
+            // Nothing is relayed on a refused session's channel: `admit_request` answers its
+            // shell/exec/subsystem request with the refusal.
             return Ok(());
         }
         let Some((pipeline_session, upstream)) =
@@ -530,7 +531,7 @@ impl server::Handler for Connection {
             pty: std::sync::Mutex::new(None),
             started: std::sync::Mutex::new(None),
         });
-        let id = client_read_id(&client_write);
+        let id = client_write.id();
         self.channels.insert(id, ctl.clone());
         let c2u = tokio::spawn(relay::client_to_upstream(
             client_read,
@@ -650,6 +651,7 @@ impl server::Handler for Connection {
             let handle = session.handle();
             let pipeline_session = live.session.clone();
             let activity = self.activity.clone();
+            let base = self.ssh_facts("forwarded-tcpip", None);
             tokio::spawn(async move {
                 while let Some(conn) = rx.recv().await {
                     let to_client = match handle
@@ -669,7 +671,6 @@ impl server::Handler for Connection {
                         }
                     };
                     let facts = RequestFacts::Ssh(SshFacts {
-                        channel: "forwarded-tcpip".into(),
                         command: Some(format!(
                             "{}:{} from {}:{}",
                             conn.connected_address,
@@ -677,7 +678,7 @@ impl server::Handler for Connection {
                             conn.originator_address,
                             conn.originator_port
                         )),
-                        ..ssh_facts_from(&pipeline_session)
+                        ..base.clone()
                     });
                     spawn_forward(
                         pipeline_session.clone(),
@@ -924,11 +925,6 @@ impl Connection {
         Ok(())
     }
 
-    fn channels_refused_insert(&mut self, _id: ChannelId) {
-        // Nothing to relay on a refused session's channel; requests on it are answered
-        // with the refusal by `admit_request`.
-    }
-
     fn note_failure(&mut self, user: &str) {
         *EndState::lock(&self.end.failed_login) = Some(user.to_string());
     }
@@ -1011,21 +1007,6 @@ fn spawn_forward<A, B>(
             .await;
         tracing::info!(session = %session.id, target = facts.statement(), bytes_in = load(&a_to_b), bytes_out = load(&b_to_a), "forwarded connection closed");
     });
-}
-
-fn ssh_facts_from(session: &Session) -> SshFacts {
-    SshFacts {
-        user: session.identity.name.clone(),
-        upstream_user: session.resource.credentials.username.clone(),
-        resource: session.resource.name.clone(),
-        client_addr: String::new(),
-        channel: String::new(),
-        command: None,
-    }
-}
-
-fn client_read_id(w: &russh::ChannelWriteHalf<Msg>) -> ChannelId {
-    w.id()
 }
 
 fn methods() -> MethodSet {
