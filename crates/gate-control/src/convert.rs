@@ -251,3 +251,73 @@ pub fn recording_index(r: Option<pb::RecordingIndex>) -> ServiceResult<Recording
         sha256: r.sha256,
     })
 }
+
+pub fn access_request(r: st::AccessRequest) -> pb::AccessRequest {
+    pb::AccessRequest {
+        id: r.id.to_string(),
+        org_id: r.org_id.to_string(),
+        requester: r.requester,
+        resource: r.resource,
+        reason: r.reason,
+        requested_duration_s: r.requested_duration_s,
+        status: r.status.to_string(),
+        decided_by: r.decided_by.unwrap_or_default(),
+        decided_at: opt_ms(r.decided_at),
+        created_at: r.created_at,
+        scopes_json: r.scopes.to_string(),
+        decision_reason: r.decision_reason.unwrap_or_default(),
+        expires_at: opt_ms(r.expires_at),
+        pending_expires_at: r.pending_expires_at,
+        revoked_at: opt_ms(r.revoked_at),
+        revoked_by: r.revoked_by.unwrap_or_default(),
+        revoke_reason: r.revoke_reason.unwrap_or_default(),
+    }
+}
+
+pub fn access_request_input(
+    m: pb::CreateAccessRequestRequest,
+) -> ServiceResult<st::AccessRequestInput> {
+    Ok(st::AccessRequestInput {
+        scopes: json_object("scopes_json", &m.scopes_json)?,
+        requester: m.requester,
+        resource: m.resource,
+        reason: m.reason,
+        requested_duration_s: m.requested_duration_s,
+    })
+}
+
+pub fn access_filter(
+    m: pb::ListAccessRequestsRequest,
+) -> ServiceResult<crate::service::access_requests::ListFilter> {
+    Ok(crate::service::access_requests::ListFilter {
+        mine: non_empty(m.mine),
+        status: non_empty(m.status)
+            .map(|s| s.parse::<st::AccessStatus>())
+            .transpose()
+            .map_err(ServiceError::invalid)?,
+        resource: non_empty(m.resource),
+        to_approve: non_empty(m.to_approve),
+    })
+}
+
+pub fn decision(
+    m: pb::DecideAccessRequestRequest,
+) -> (String, crate::service::access_requests::Decision) {
+    (
+        m.id,
+        crate::service::access_requests::Decision {
+            approver: m.approver,
+            reason: m.reason,
+        },
+    )
+}
+
+pub fn approval_rules_in(text: &str) -> ServiceResult<st::ApprovalRules> {
+    serde_json::from_str(text).map_err(|e| ServiceError::invalid(format!("rules_json: {e}")))
+}
+
+pub fn approval_rules(r: &st::ApprovalRules) -> pb::ApprovalRules {
+    pb::ApprovalRules {
+        rules_json: serde_json::to_string(r).unwrap_or_default(),
+    }
+}

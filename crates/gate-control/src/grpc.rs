@@ -20,8 +20,8 @@ use tonic::{Request, Response, Status};
 use crate::convert;
 use crate::error::ServiceError;
 use crate::service::{
-    api_keys, audit, connector_api, connectors, groups, identities, orgs, parse_id, policies,
-    resources,
+    access_requests, api_keys, audit, connector_api, connectors, groups, identities, orgs,
+    parse_id, policies, resources,
 };
 use crate::{Caller, Control};
 
@@ -76,6 +76,107 @@ pub struct ControlPlaneApi {
 
 #[tonic::async_trait]
 impl ControlPlaneService for ControlPlaneApi {
+    async fn create_access_request(
+        &self,
+        req: Request<pb::CreateAccessRequestRequest>,
+    ) -> Res<pb::AccessRequest> {
+        let c = caller(&self.ctl, &req).await?;
+        let input = convert::access_request_input(req.into_inner())?;
+        Ok(Response::new(convert::access_request(
+            access_requests::create_access_request(&self.ctl, &c, input).await?,
+        )))
+    }
+
+    async fn get_access_request(
+        &self,
+        req: Request<pb::GetAccessRequestRequest>,
+    ) -> Res<pb::AccessRequest> {
+        let c = caller(&self.ctl, &req).await?;
+        let id = parse_id("access request id", &req.get_ref().id)?;
+        Ok(Response::new(convert::access_request(
+            access_requests::get_access_request(&self.ctl, &c, id).await?,
+        )))
+    }
+
+    async fn list_access_requests(
+        &self,
+        req: Request<pb::ListAccessRequestsRequest>,
+    ) -> Res<pb::ListAccessRequestsResponse> {
+        let c = caller(&self.ctl, &req).await?;
+        let filter = convert::access_filter(req.into_inner())?;
+        let list = access_requests::list_access_requests(&self.ctl, &c, filter).await?;
+        Ok(Response::new(pb::ListAccessRequestsResponse {
+            access_requests: list.into_iter().map(convert::access_request).collect(),
+        }))
+    }
+
+    async fn approve_access_request(
+        &self,
+        req: Request<pb::DecideAccessRequestRequest>,
+    ) -> Res<pb::AccessRequest> {
+        let c = caller(&self.ctl, &req).await?;
+        let (id, d) = convert::decision(req.into_inner());
+        let id = parse_id("access request id", &id)?;
+        Ok(Response::new(convert::access_request(
+            access_requests::approve_access_request(&self.ctl, &c, id, d).await?,
+        )))
+    }
+
+    async fn deny_access_request(
+        &self,
+        req: Request<pb::DecideAccessRequestRequest>,
+    ) -> Res<pb::AccessRequest> {
+        let c = caller(&self.ctl, &req).await?;
+        let (id, d) = convert::decision(req.into_inner());
+        let id = parse_id("access request id", &id)?;
+        Ok(Response::new(convert::access_request(
+            access_requests::deny_access_request(&self.ctl, &c, id, d).await?,
+        )))
+    }
+
+    async fn cancel_access_request(
+        &self,
+        req: Request<pb::DecideAccessRequestRequest>,
+    ) -> Res<pb::AccessRequest> {
+        let c = caller(&self.ctl, &req).await?;
+        let (id, d) = convert::decision(req.into_inner());
+        let id = parse_id("access request id", &id)?;
+        Ok(Response::new(convert::access_request(
+            access_requests::cancel_access_request(&self.ctl, &c, id, d).await?,
+        )))
+    }
+
+    async fn revoke_access_request(
+        &self,
+        req: Request<pb::DecideAccessRequestRequest>,
+    ) -> Res<pb::AccessRequest> {
+        let c = caller(&self.ctl, &req).await?;
+        let (id, d) = convert::decision(req.into_inner());
+        let id = parse_id("access request id", &id)?;
+        Ok(Response::new(convert::access_request(
+            access_requests::revoke_access_request(&self.ctl, &c, id, d).await?,
+        )))
+    }
+
+    async fn get_approval_rules(
+        &self,
+        req: Request<pb::GetApprovalRulesRequest>,
+    ) -> Res<pb::ApprovalRules> {
+        let c = caller(&self.ctl, &req).await?;
+        let rules = access_requests::get_approval_rules(&self.ctl, &c).await?;
+        Ok(Response::new(convert::approval_rules(&rules)))
+    }
+
+    async fn set_approval_rules(
+        &self,
+        req: Request<pb::SetApprovalRulesRequest>,
+    ) -> Res<pb::ApprovalRules> {
+        let c = caller(&self.ctl, &req).await?;
+        let rules = convert::approval_rules_in(&req.get_ref().rules_json)?;
+        let rules = access_requests::set_approval_rules(&self.ctl, &c, rules).await?;
+        Ok(Response::new(convert::approval_rules(&rules)))
+    }
+
     async fn who_am_i(&self, req: Request<pb::WhoAmIRequest>) -> Res<pb::WhoAmIResponse> {
         let c = caller(&self.ctl, &req).await?;
         let w = orgs::whoami(&c);

@@ -18,6 +18,13 @@
 //! | `GET /api/v1/connectors`; `GET, DELETE …/{id}` | connectors |
 //! | `GET, POST /api/v1/registration-tokens`; `DELETE …/{id}` | registration tokens |
 //! | `GET /api/v1/audit`; `GET /api/v1/audit/export?format=json\|csv` | audit |
+//! | `GET, POST /api/v1/access-requests`; `GET …/{id}`; `POST …/{id}/approve\|deny\|cancel\|revoke` | access requests |
+//! | `GET, PUT /api/v1/approval-rules` | approval rules |
+//!
+//! Access requests name the acting identity in the body (`requester` on create,
+//! `approver` on decisions — the requester on cancel): API keys are not identities yet, so
+//! an editor key vouches for the identity it names. `GET /api/v1/access-requests` takes
+//! `mine=<identity>`, `status=`, `resource=` and `to_approve=<identity>`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,8 +43,8 @@ use serde_json::json;
 
 use crate::error::{ServiceError, ServiceResult};
 use crate::service::{
-    api_keys, audit, connectors, groups, identities, orgs, parse_id, policies, recordings,
-    resources,
+    access_requests, api_keys, audit, connectors, groups, identities, orgs, parse_id, policies,
+    recordings, resources,
 };
 use crate::{Caller, Control};
 
@@ -107,6 +114,16 @@ fn api() -> Router<Arc<Control>> {
         .route("/recordings/{id}", get(get_recording))
         .route("/recordings/{id}/content", get(recording_content))
         .route("/audit/export", get(export_audit))
+        .route(
+            "/access-requests",
+            get(list_access_requests).post(create_access_request),
+        )
+        .route("/access-requests/{id}", get(get_access_request))
+        .route("/access-requests/{id}/{verb}", post(decide_access_request))
+        .route(
+            "/approval-rules",
+            get(get_approval_rules).put(set_approval_rules),
+        )
         .fallback(|| async { ServiceError::NotFound("no such API route".into()) })
 }
 
@@ -683,4 +700,68 @@ async fn recording_content(
         .header("x-content-sha256", info.index.sha256.clone())
         .body(axum::body::Body::from(bytes))
         .unwrap_or_else(|_| Response::new(axum::body::Body::empty())))
+}
+
+// --- access requests ---------------------------------------------------------------------
+
+async fn create_access_request(
+    State(ctl): Ctl,
+    caller: Caller,
+    ApiJson(input): ApiJson<gate_store::AccessRequestInput>,
+) -> ServiceResult<Response> {
+    Ok(created(
+        access_requests::create_access_request(&ctl, &caller, input).await?,
+    ))
+}
+
+async fn list_access_requests(
+    State(ctl): Ctl,
+    caller: Caller,
+    ApiQuery(filter): ApiQuery<access_requests::ListFilter>,
+) -> ServiceResult<Response> {
+    let list = access_requests::list_access_requests(&ctl, &caller, filter).await?;
+    Ok(ok(json!({ "access_requests": list })))
+}
+
+async fn get_access_request(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ServiceResult<Response> {
+    let id = parse_id("access request id", &id)?;
+    Ok(ok(
+        access_requests::get_access_request(&ctl, &caller, id).await?
+    ))
+}
+
+async fn decide_access_request(
+    State(ctl): Ctl,
+    caller: Caller,
+    Path((id, verb)): Path<(String, String)>,
+    ApiJson(d): ApiJson<access_requests::Decision>,
+) -> ServiceResult<Response> {
+    let id = parse_id("access request id", &id)?;
+    let r = match verb.as_str() {
+        "approve" => access_requests::approve_access_request(&ctl, &caller, id, d).await?,
+        "deny" => access_requests::deny_access_request(&ctl, &caller, id, d).await?,
+        "cancel" => access_requests::cancel_access_request(&ctl, &caller, id, d).await?,
+        "revoke" => access_requests::revoke_access_request(&ctl, &caller, id, d).await?,
+        _ => return Err(ServiceError::NotFound("no such API route".into())),
+    };
+    Ok(ok(r))
+}
+
+async fn get_approval_rules(State(ctl): Ctl, caller: Caller) -> ServiceResult<Response> {
+    Ok(ok(access_requests::get_approval_rules(&ctl, &caller).await?))
+}
+
+async fn set_approval_rules(
+    State(ctl): Ctl,
+    caller: Caller,
+    ApiJson(rules): ApiJson<gate_store::ApprovalRules>,
+) -> ServiceResult<Response> {
+    Ok(ok(access_requests::set_approval_rules(
+        &ctl, &caller, rules,
+    )
+    .await?))
 }

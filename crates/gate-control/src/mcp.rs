@@ -446,8 +446,9 @@ impl Tool {
                  status (connected, stale, disconnected)."
             }
             Tool::ListAccessRequests => {
-                "Just-in-time access requests. Not implemented yet in Gate: always an empty \
-                 list, with a note saying so."
+                "Just-in-time access requests, newest first: requester, resource, reason, \
+                 requested duration, scopes, status (pending, approved, denied, expired, \
+                 cancelled, revoked), who decided and why, and when a grant expires."
             }
             Tool::QueryAudit => {
                 "Audit events, newest first: policy decisions, sessions and admin changes. \
@@ -697,11 +698,9 @@ async fn run_tool(
         }
         Tool::ListAccessRequests => {
             let NoArgs {} = args(tool, arguments)?;
-            let list = access_requests::list_access_requests(ctl, caller).await?;
-            Ok(json!({
-                "access_requests": list,
-                "note": access_requests::NOT_IMPLEMENTED_NOTE,
-            }))
+            let list =
+                access_requests::list_access_requests(ctl, caller, Default::default()).await?;
+            Ok(json!({ "access_requests": list }))
         }
         Tool::QueryAudit => {
             let a: QueryAuditArgs = args(tool, arguments)?;

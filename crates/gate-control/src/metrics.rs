@@ -118,6 +118,7 @@ pub fn area_of(path: &str) -> &'static str {
             "api-keys" | "api_keys" => "api_keys",
             "connectors" | "registration-tokens" | "registration_tokens" => "connectors",
             "audit" => "audit",
+            "access-requests" | "approval-rules" => "access",
             "whoami" => "auth",
             _ => "other",
         };
@@ -126,7 +127,9 @@ pub fn area_of(path: &str) -> &'static str {
         return "connector";
     }
     if let Some(method) = path.strip_prefix("/gate.v1.ControlPlaneService/") {
-        const BY_NOUN: [(&str, &str); 10] = [
+        const BY_NOUN: [(&str, &str); 12] = [
+            ("AccessRequest", "access"),
+            ("ApprovalRules", "access"),
             ("Resource", "resources"),
             ("Polic", "policies"),
             ("Organization", "organizations"),

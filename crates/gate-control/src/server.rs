@@ -118,6 +118,8 @@ pub struct Running {
     task: JoinHandle<()>,
     /// The audit retention job, when `audit.retention` is set.
     retention: Option<JoinHandle<()>>,
+    /// The access-request expiry sweep.
+    access_expiry: JoinHandle<()>,
 }
 
 impl Running {
@@ -137,6 +139,7 @@ impl Running {
         self.stop.send_replace(true);
         let _ = self.task.await;
         // A purge in progress finishes first: the store must not close under it.
+        let _ = self.access_expiry.await;
         if let Some(retention) = self.retention {
             let _ = retention.await;
         }
@@ -243,12 +246,14 @@ pub async fn start_with(
     let retention = cfg.audit.retention.map(|retention| {
         crate::retention::spawn(ctl.clone(), retention, cfg.audit.purge_interval())
     });
+    let access_expiry = crate::service::access_requests::spawn_expiry(ctl.clone());
     Ok(Running {
         addr,
         ctl,
         stop,
         task,
         retention,
+        access_expiry,
     })
 }
 

@@ -584,6 +584,7 @@ impl Store {
         let policies = list_enforced_policies(&mut tx, org).await?;
         let identities = list_identities(&mut tx, org).await?;
         let groups = list_groups(&mut tx, org).await?;
+        let grants = crate::access::active_grants(&mut tx, org, now_ms()).await?;
         tx.commit().await?;
         Ok(ConfigSnapshot {
             org_id: org,
@@ -592,6 +593,7 @@ impl Store {
             policies,
             identities,
             groups,
+            grants,
         })
     }
 }

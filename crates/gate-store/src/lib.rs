@@ -54,6 +54,8 @@
 //! | `registration_tokens` | `(org_id, id)` | `secret_sha256` unique; single use |
 //! | `connectors` | `(org_id, id)` | `secret_sha256` unique; name unique among registered |
 //! | `audit_events` | `(org_id, id)` | event id = dedup key; indexed columns + full JSON |
+//! | `access_requests` | `(org_id, id)` | JIT access requests and grants; guarded transitions |
+//! | `approval_rules` | `org_id` | the org's approval rules as one JSON document |
 //!
 //! # Isolation between orgs
 //!
@@ -73,7 +75,8 @@
 //! # Config revision
 //!
 //! `orgs.revision` is bumped in the same transaction as any change to resources, policies
-//! (content or state), identities or groups. Writers bump it *first*, which on PostgreSQL
+//! (content or state), identities or groups, and any access-request transition (active
+//! grants are part of the snapshot). Writers bump it *first*, which on PostgreSQL
 //! row-locks the org and so serializes an org's config writes (no lost updates, no
 //! deadlocks from differing lock orders). [`Store::snapshot`] reads the revision and the
 //! config in one consistent snapshot.
@@ -85,6 +88,7 @@
 //! the only deletion is [`Store::purge_audit_before`] for retention. It has no foreign key
 //! to `orgs`, so the record of an org outlives the org.
 
+mod access;
 mod api_keys;
 mod audit;
 mod config;
@@ -118,8 +122,10 @@ use uuid::Uuid;
 
 /// The migrations compiled into the binary: `(version, description, sql)`, mirroring the
 /// `<version>_<description>.sql` files sqlx would read from the directory.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (2, "access", include_str!("../migrations/0002_access.sql")),
+];
 
 /// How to reach the database. `Debug` hides the URL's password, so options can be logged.
 #[derive(Clone)]

@@ -399,6 +399,8 @@ pub struct ConfigSnapshot {
     pub policies: Vec<Policy>,
     pub identities: Vec<Identity>,
     pub groups: Vec<Group>,
+    /// Active grants: approved access requests that have not expired.
+    pub grants: Vec<AccessRequest>,
 }
 
 /// The outcome of [`Store::ingest_audit`](crate::Store::ingest_audit).
@@ -537,5 +539,172 @@ mod tests {
         assert!("owner".parse::<ApiKeyRole>().is_err());
         let id = OrgId::new();
         assert_eq!(id.to_string().parse::<OrgId>().unwrap(), id);
+    }
+}
+
+/// Where an access request stands. `pending` is the only state a decision applies to;
+/// `approved` is a grant (until `expires_at`, or until revoked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessStatus {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Cancelled,
+    Revoked,
+}
+
+impl AccessStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessStatus::Pending => "pending",
+            AccessStatus::Approved => "approved",
+            AccessStatus::Denied => "denied",
+            AccessStatus::Expired => "expired",
+            AccessStatus::Cancelled => "cancelled",
+            AccessStatus::Revoked => "revoked",
+        }
+    }
+}
+
+impl FromStr for AccessStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(AccessStatus::Pending),
+            "approved" => Ok(AccessStatus::Approved),
+            "denied" => Ok(AccessStatus::Denied),
+            "expired" => Ok(AccessStatus::Expired),
+            "cancelled" => Ok(AccessStatus::Cancelled),
+            "revoked" => Ok(AccessStatus::Revoked),
+            other => Err(format!("unknown access request status {other:?}")),
+        }
+    }
+}
+
+impl fmt::Display for AccessStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A just-in-time access request; once approved (and until it expires or is revoked), a
+/// grant. Times are unix ms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessRequest {
+    pub id: Uuid,
+    pub org_id: OrgId,
+    /// The identity asking, by name.
+    pub requester: String,
+    /// The resource asked for, by name.
+    pub resource: String,
+    pub reason: String,
+    /// How long the access should last once approved.
+    pub requested_duration_s: i64,
+    /// What the grant covers (`{}` = everything), e.g. `{"operation": "read"}`.
+    pub scopes: serde_json::Value,
+    pub status: AccessStatus,
+    pub created_at: i64,
+    pub decided_at: Option<i64>,
+    pub decided_by: Option<String>,
+    pub decision_reason: Option<String>,
+    /// When the grant ends; set on approval.
+    pub expires_at: Option<i64>,
+    /// When the request expires if nobody decides it (the pending TTL).
+    pub pending_expires_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revoked_by: Option<String>,
+    pub revoke_reason: Option<String>,
+}
+
+/// What [`Store::create_access_request`](crate::Store::create_access_request) needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccessRequestInput {
+    pub requester: String,
+    pub resource: String,
+    #[serde(default)]
+    pub reason: String,
+    pub requested_duration_s: i64,
+    #[serde(default = "empty_object")]
+    pub scopes: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// Filters for [`Store::list_access_requests`](crate::Store::list_access_requests), ANDed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRequestFilter {
+    pub requester: Option<String>,
+    pub status: Option<AccessStatus>,
+    pub resource: Option<String>,
+}
+
+/// The default pending TTL: a request nobody decides expires after an hour.
+pub const DEFAULT_PENDING_TTL_S: i64 = 3600;
+
+fn default_pending_ttl_s() -> i64 {
+    DEFAULT_PENDING_TTL_S
+}
+
+/// Who may approve what, per org. A resource's own rule wins over the org defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRules {
+    /// Groups whose members may approve requests for resources without their own rule.
+    #[serde(default)]
+    pub default_approver_groups: Vec<String>,
+    /// The longest grant for resources without their own maximum (`None` = no limit).
+    #[serde(default)]
+    pub default_max_duration_s: Option<i64>,
+    /// How long a request may stay pending before it expires (`pending_ttl_s`, distinct
+    /// from any access duration). Default 1 h.
+    #[serde(default = "default_pending_ttl_s")]
+    pub pending_ttl_s: i64,
+    /// Per resource name.
+    #[serde(default)]
+    pub resources: std::collections::BTreeMap<String, ResourceApprovalRule>,
+}
+
+impl Default for ApprovalRules {
+    fn default() -> Self {
+        ApprovalRules {
+            default_approver_groups: Vec::new(),
+            default_max_duration_s: None,
+            pending_ttl_s: DEFAULT_PENDING_TTL_S,
+            resources: Default::default(),
+        }
+    }
+}
+
+/// One resource's approval rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceApprovalRule {
+    /// Groups whose members may approve; empty = the org's default approver groups.
+    #[serde(default)]
+    pub approver_groups: Vec<String>,
+    /// The longest grant for this resource.
+    #[serde(default)]
+    pub max_duration_s: Option<i64>,
+}
+
+impl ApprovalRules {
+    /// The groups whose members may approve requests for `resource`.
+    pub fn approver_groups(&self, resource: &str) -> &[String] {
+        match self.resources.get(resource) {
+            Some(r) if !r.approver_groups.is_empty() => &r.approver_groups,
+            _ => &self.default_approver_groups,
+        }
+    }
+
+    /// The longest grant for `resource`, if limited.
+    pub fn max_duration_s(&self, resource: &str) -> Option<i64> {
+        self.resources
+            .get(resource)
+            .and_then(|r| r.max_duration_s)
+            .or(self.default_max_duration_s)
     }
 }

@@ -132,6 +132,10 @@ both_backends!(
     audit_filters_and_paging,
     audit_purge_and_admin_events,
     migrations,
+    access_request_transitions,
+    access_concurrent_approve_and_deny,
+    access_expiry_and_grants_in_snapshot,
+    approval_rules,
 );
 
 fn resource(name: &str) -> ResourceInput {
@@ -1416,4 +1420,347 @@ async fn bad_urls() {
         Store::connect(&StoreOptions::new("mysql://localhost/x")).await,
         Err(StoreError::Invalid(_))
     ));
+}
+
+fn access_input(requester: &str, resource: &str, duration_s: i64) -> AccessRequestInput {
+    AccessRequestInput {
+        requester: requester.into(),
+        resource: resource.into(),
+        reason: "incident 42".into(),
+        requested_duration_s: duration_s,
+        scopes: json!({"operation": "read"}),
+    }
+}
+
+async fn access_request_transitions(db: TestDb) {
+    let s = &db.store;
+    let org = s.create_org("acme").await.unwrap().id;
+    let other = s.create_org("other").await.unwrap().id;
+    let now = 1_000_000_000;
+
+    // Bad input is refused.
+    assert!(matches!(
+        s.create_access_request(org, &access_input("alice", "db", 0), 3600, now)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    let mut bad = access_input("alice", "db", 60);
+    bad.scopes = json!(["read"]);
+    assert!(matches!(
+        s.create_access_request(org, &bad, 3600, now).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    let rev0 = s.revision(org).await.unwrap();
+    let a = s
+        .create_access_request(org, &access_input("alice", "db", 3600), 600, now)
+        .await
+        .unwrap();
+    assert_eq!(a.status, AccessStatus::Pending);
+    assert_eq!(a.pending_expires_at, now + 600_000);
+    assert_eq!(a.scopes, json!({"operation": "read"}));
+    assert_eq!(
+        s.revision(org).await.unwrap(),
+        rev0,
+        "pending grants nothing"
+    );
+    assert_eq!(s.get_access_request(org, a.id).await.unwrap(), a);
+    assert!(is_not_found(s.get_access_request(other, a.id).await));
+
+    // Self-approval is refused and changes nothing.
+    assert!(is_conflict(
+        s.approve_access_request(org, a.id, "alice", "me", now, None)
+            .await
+    ));
+    assert_eq!(s.revision(org).await.unwrap(), rev0);
+    // Another org cannot decide it.
+    assert!(
+        s.approve_access_request(other, a.id, "bob", "ok", now, None)
+            .await
+            .is_err()
+    );
+
+    // Approve, capped by the max duration.
+    let approved = s
+        .approve_access_request(org, a.id, "bob", "looks fine", now + 5, Some(1800))
+        .await
+        .unwrap();
+    assert_eq!(approved.status, AccessStatus::Approved);
+    assert_eq!(approved.decided_by.as_deref(), Some("bob"));
+    assert_eq!(approved.decision_reason.as_deref(), Some("looks fine"));
+    assert_eq!(approved.decided_at, Some(now + 5));
+    assert_eq!(approved.expires_at, Some(now + 5 + 1_800_000));
+    assert_eq!(s.revision(org).await.unwrap(), rev0 + 1);
+    // Decided once: a second approve, a deny or a cancel all conflict.
+    assert!(is_conflict(
+        s.approve_access_request(org, a.id, "bob", "again", now, None)
+            .await
+    ));
+    assert!(is_conflict(
+        s.deny_access_request(org, a.id, "bob", "no", now).await
+    ));
+    assert!(is_conflict(
+        s.cancel_access_request(org, a.id, "alice", "no", now).await
+    ));
+    assert_eq!(s.revision(org).await.unwrap(), rev0 + 1);
+
+    // Without a cap the requested duration holds.
+    let b = s
+        .create_access_request(org, &access_input("carol", "db", 60), 600, now)
+        .await
+        .unwrap();
+    let b = s
+        .approve_access_request(org, b.id, "bob", "", now, Some(3600))
+        .await
+        .unwrap();
+    assert_eq!(b.expires_at, Some(now + 60_000));
+
+    // Revoke an active grant; only once.
+    let revoked = s
+        .revoke_access_request(org, a.id, "bob", "done early", now + 10)
+        .await
+        .unwrap();
+    assert_eq!(revoked.status, AccessStatus::Revoked);
+    assert_eq!(revoked.revoked_by.as_deref(), Some("bob"));
+    assert_eq!(revoked.revoke_reason.as_deref(), Some("done early"));
+    assert_eq!(revoked.decided_by.as_deref(), Some("bob"));
+    assert!(is_conflict(
+        s.revoke_access_request(org, a.id, "bob", "", now + 10)
+            .await
+    ));
+    // A pending request cannot be revoked.
+    let c = s
+        .create_access_request(org, &access_input("alice", "cache", 60), 600, now)
+        .await
+        .unwrap();
+    assert!(is_conflict(
+        s.revoke_access_request(org, c.id, "bob", "", now).await
+    ));
+
+    // Deny.
+    let denied = s
+        .deny_access_request(org, c.id, "bob", "not today", now)
+        .await
+        .unwrap();
+    assert_eq!(denied.status, AccessStatus::Denied);
+    assert_eq!(denied.decision_reason.as_deref(), Some("not today"));
+
+    // Cancel: only by the requester.
+    let d = s
+        .create_access_request(org, &access_input("alice", "db", 60), 600, now)
+        .await
+        .unwrap();
+    assert!(is_conflict(
+        s.cancel_access_request(org, d.id, "bob", "", now).await
+    ));
+    let rev = s.revision(org).await.unwrap();
+    let cancelled = s
+        .cancel_access_request(org, d.id, "alice", "not needed", now)
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status, AccessStatus::Cancelled);
+    assert_eq!(s.revision(org).await.unwrap(), rev + 1);
+
+    // Filters.
+    let all = s
+        .list_access_requests(org, &AccessRequestFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0].id, d.id, "newest first");
+    let alice = s
+        .list_access_requests(
+            org,
+            &AccessRequestFilter {
+                requester: Some("alice".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(alice.len(), 3);
+    let alice_db_cancelled = s
+        .list_access_requests(
+            org,
+            &AccessRequestFilter {
+                requester: Some("alice".into()),
+                status: Some(AccessStatus::Cancelled),
+                resource: Some("db".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(alice_db_cancelled.len(), 1);
+    assert_eq!(alice_db_cancelled[0].id, d.id);
+    assert!(
+        s.list_access_requests(other, &AccessRequestFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn access_concurrent_approve_and_deny(db: TestDb) {
+    let s = &db.store;
+    let org = s.create_org("acme").await.unwrap().id;
+    let now = time::now_ms();
+    for round in 0..5 {
+        let r = s
+            .create_access_request(org, &access_input("alice", "db", 60), 600, now)
+            .await
+            .unwrap();
+        let rev = s.revision(org).await.unwrap();
+        let (s1, s2) = (s.clone(), s.clone());
+        let approve = tokio::spawn(async move {
+            s1.approve_access_request(org, r.id, "bob", "yes", now, None)
+                .await
+        });
+        let deny =
+            tokio::spawn(
+                async move { s2.deny_access_request(org, r.id, "carol", "no", now).await },
+            );
+        let (a, d) = (approve.await.unwrap(), deny.await.unwrap());
+        assert!(
+            a.is_ok() != d.is_ok(),
+            "round {round}: exactly one decision wins: {a:?} / {d:?}"
+        );
+        let approved = a.is_ok();
+        let loser = if approved {
+            d.unwrap_err()
+        } else {
+            a.unwrap_err()
+        };
+        assert!(matches!(loser, StoreError::Conflict { .. }), "{loser:?}");
+        let stored = s.get_access_request(org, r.id).await.unwrap();
+        let expected = if approved {
+            AccessStatus::Approved
+        } else {
+            AccessStatus::Denied
+        };
+        assert_eq!(stored.status, expected);
+        assert_eq!(s.revision(org).await.unwrap(), rev + 1, "one bump only");
+    }
+}
+
+async fn access_expiry_and_grants_in_snapshot(db: TestDb) {
+    let s = &db.store;
+    let org = s.create_org("acme").await.unwrap().id;
+    let now = time::now_ms();
+    // A grant that runs 60 s, one whose pending TTL is 10 s, one that stays pending.
+    let g = s
+        .create_access_request(org, &access_input("alice", "db", 60), 600, now)
+        .await
+        .unwrap();
+    let g = s
+        .approve_access_request(org, g.id, "bob", "ok", now, None)
+        .await
+        .unwrap();
+    let p = s
+        .create_access_request(org, &access_input("carol", "db", 60), 10, now)
+        .await
+        .unwrap();
+    let long = s
+        .create_access_request(org, &access_input("dave", "db", 60), 3600, now)
+        .await
+        .unwrap();
+
+    let snap = s.snapshot(org).await.unwrap();
+    assert_eq!(snap.grants.len(), 1);
+    assert_eq!(snap.grants[0].id, g.id);
+    assert_eq!(s.active_grants(org, now).await.unwrap().len(), 1);
+    assert!(s.active_grants(org, now + 60_000).await.unwrap().is_empty());
+
+    // Nothing due yet: no change, no bump.
+    let rev = s.revision(org).await.unwrap();
+    assert!(
+        s.expire_due_access_requests(org, now + 1000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.revision(org).await.unwrap(), rev);
+
+    // The pending TTL passes first.
+    assert_eq!(
+        s.expire_due_access_requests(org, now + 10_000)
+            .await
+            .unwrap(),
+        vec![p.id]
+    );
+    assert_eq!(s.revision(org).await.unwrap(), rev + 1);
+    let expired = s.get_access_request(org, p.id).await.unwrap();
+    assert_eq!(expired.status, AccessStatus::Expired);
+    assert_eq!(expired.decided_at, Some(now + 10_000));
+    assert!(is_conflict(
+        s.approve_access_request(org, p.id, "bob", "late", now + 10_000, None)
+            .await
+    ));
+
+    // Then the grant.
+    assert_eq!(
+        s.expire_due_access_requests(org, now + 60_000)
+            .await
+            .unwrap(),
+        vec![g.id]
+    );
+    assert_eq!(s.revision(org).await.unwrap(), rev + 2);
+    let g2 = s.get_access_request(org, g.id).await.unwrap();
+    assert_eq!(g2.status, AccessStatus::Expired);
+    assert_eq!(
+        g2.decided_by.as_deref(),
+        Some("bob"),
+        "the decision is kept"
+    );
+    assert_eq!(
+        s.get_access_request(org, long.id).await.unwrap().status,
+        AccessStatus::Pending
+    );
+    // Expired grants cannot be revoked.
+    assert!(is_conflict(
+        s.revoke_access_request(org, g.id, "bob", "", now + 60_000)
+            .await
+    ));
+    // A grant whose time passed but was not swept yet is not in the snapshot either
+    // (covered by `active_grants(now)`); after the sweep the snapshot is empty.
+    assert!(s.snapshot(org).await.unwrap().grants.is_empty());
+}
+
+async fn approval_rules(db: TestDb) {
+    let s = &db.store;
+    let org = s.create_org("acme").await.unwrap().id;
+    let rules = s.get_approval_rules(org).await.unwrap();
+    assert_eq!(rules, ApprovalRules::default());
+    assert_eq!(rules.pending_ttl_s, DEFAULT_PENDING_TTL_S);
+
+    let rules: ApprovalRules = serde_json::from_value(json!({
+        "default_approver_groups": ["sre"],
+        "pending_ttl_s": 900,
+        "resources": {"prod-db": {"approver_groups": ["dba"], "max_duration_s": 7200}}
+    }))
+    .unwrap();
+    s.set_approval_rules(org, &rules).await.unwrap();
+    let got = s.get_approval_rules(org).await.unwrap();
+    assert_eq!(got, rules);
+    assert_eq!(got.approver_groups("prod-db"), ["dba".to_string()]);
+    assert_eq!(got.approver_groups("other"), ["sre".to_string()]);
+    assert_eq!(got.max_duration_s("prod-db"), Some(7200));
+    assert_eq!(got.max_duration_s("other"), None);
+
+    // Replaced, not merged.
+    s.set_approval_rules(org, &ApprovalRules::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_approval_rules(org).await.unwrap(),
+        ApprovalRules::default()
+    );
+    let bad = ApprovalRules {
+        pending_ttl_s: 0,
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.set_approval_rules(org, &bad).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(is_not_found(s.get_approval_rules(OrgId::new()).await));
 }

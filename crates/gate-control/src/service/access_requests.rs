@@ -1,23 +1,439 @@
-//! Access requests (just-in-time access: a person asks for a resource, an approver grants
-//! it for a while). They do not exist yet — the JIT access issue adds the store tables,
-//! the approval flow and the real element type. Until then this area answers reads with an
-//! empty list, so surfaces that already show it (the MCP `list_access_requests` tool) keep
-//! their shape and their role check when the feature lands.
+//! Just-in-time access: a person asks for a resource for a while, an approver grants (or
+//! denies) it, the grant expires or is revoked.
+//!
+//! API keys are not identities yet, so whoever acts is named in the call: the requester of
+//! a new request, the approver of a decision, the requester who cancels. Such calls need an
+//! editor (or admin) key: the key vouches for the named identity, and the approval rules
+//! decide whether that identity may decide — its groups (from the identities table) must
+//! meet the resource's approver groups (or the org's default ones), and nobody approves
+//! their own request. Every transition is an admin audit event with who and why.
+//!
+//! Transitions change what connectors enforce (active grants are in the config snapshot),
+//! so each one wakes config watchers. [`spawn_expiry`] runs the expiry sweep.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use gate_store::time::now_ms;
+use gate_store::{
+    AccessRequest, AccessRequestFilter, AccessRequestInput, AccessStatus, ApprovalRules, OrgId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::{record_change, store_error};
 use crate::auth::Access;
-use crate::error::ServiceResult;
+use crate::error::{ServiceError, ServiceResult};
 use crate::{Caller, Control};
 
-/// What surfaces say next to the empty list, so nobody mistakes it for "no pending requests".
-pub const NOT_IMPLEMENTED_NOTE: &str = "Access requests are not implemented in Gate yet (they \
-    come with just-in-time access); this list is always empty for now.";
+/// The actor named in expiry events.
+pub const EXPIRY_ACTOR: &str = "access-expiry";
+/// How often the expiry sweep runs.
+pub const EXPIRY_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The org's access requests: always empty until JIT access exists. Needs readonly, like
-/// every other read, so the answer never depends on whether the feature exists.
-pub async fn list_access_requests(
-    _ctl: &Control,
+/// Filters of a list call. `mine` and `to_approve` name identities.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListFilter {
+    /// Requests filed by this identity.
+    #[serde(default)]
+    pub mine: Option<String>,
+    #[serde(default)]
+    pub status: Option<AccessStatus>,
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// Pending requests this identity may decide (not its own).
+    #[serde(default)]
+    pub to_approve: Option<String>,
+}
+
+/// Who acts on a request and why. For `cancel`, `approver` names the requester
+/// (`identity` and `requester` are accepted as aliases).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    #[serde(alias = "identity", alias = "requester")]
+    pub approver: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+fn event(r: &AccessRequest) -> serde_json::Value {
+    json!({
+        "access_request_id": r.id,
+        "requester": r.requester,
+        "resource": r.resource,
+        "reason": r.reason,
+        "requested_duration_s": r.requested_duration_s,
+        "scopes": r.scopes,
+        "status": r.status,
+        "decided_by": r.decided_by,
+        "decision_reason": r.decision_reason,
+        "expires_at": r.expires_at,
+        "revoked_by": r.revoked_by,
+        "revoke_reason": r.revoke_reason,
+    })
+}
+
+async fn rules(ctl: &Control, org: OrgId) -> ServiceResult<ApprovalRules> {
+    ctl.store()
+        .get_approval_rules(org)
+        .await
+        .map_err(store_error)
+}
+
+/// Whether `identity` may decide requests for `resource` under `rules`: an enabled
+/// identity in one of the resource's approver groups.
+async fn may_approve(
+    ctl: &Control,
+    org: OrgId,
+    rules: &ApprovalRules,
+    identity: &str,
+    resource: &str,
+) -> ServiceResult<bool> {
+    let groups = rules.approver_groups(resource);
+    if groups.is_empty() {
+        return Ok(false);
+    }
+    let who = match ctl.store().get_identity_by_name(org, identity).await {
+        Ok(i) => i,
+        Err(gate_store::StoreError::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(store_error(e)),
+    };
+    Ok(!who.disabled && who.groups.iter().any(|g| groups.contains(g)))
+}
+
+async fn require_approver(
+    ctl: &Control,
+    org: OrgId,
+    rules: &ApprovalRules,
+    request: &AccessRequest,
+    approver: &str,
+) -> ServiceResult<()> {
+    if approver == request.requester {
+        return Err(ServiceError::denied(
+            "self-approval is not allowed: another approver must decide this request",
+        ));
+    }
+    if !may_approve(ctl, org, rules, approver, &request.resource).await? {
+        return Err(ServiceError::denied(format!(
+            "identity {approver:?} may not decide access requests for resource {:?} \
+             (not in an approver group)",
+            request.resource
+        )));
+    }
+    Ok(())
+}
+
+fn check_actor(name: &str) -> ServiceResult<()> {
+    if name.trim().is_empty() {
+        return Err(ServiceError::invalid(
+            "approver must name an identity (API keys are not identities yet)",
+        ));
+    }
+    Ok(())
+}
+
+/// Files a request for the identity named in `input.requester` (which must exist and be
+/// enabled) on an existing resource. Needs editor.
+pub async fn create_access_request(
+    ctl: &Control,
     caller: &Caller,
-) -> ServiceResult<Vec<serde_json::Value>> {
-    caller.require(Access::Read)?;
-    Ok(Vec::new())
+    input: AccessRequestInput,
+) -> ServiceResult<AccessRequest> {
+    let org = caller.require(Access::Write)?;
+    check_actor(&input.requester)?;
+    let requester = ctl
+        .store()
+        .get_identity_by_name(org, &input.requester)
+        .await
+        .map_err(store_error)?;
+    if requester.disabled {
+        return Err(ServiceError::denied(format!(
+            "identity {:?} is disabled",
+            requester.name
+        )));
+    }
+    ctl.store()
+        .get_resource_by_name(org, &input.resource)
+        .await
+        .map_err(store_error)?;
+    let rules = rules(ctl, org).await?;
+    let r = ctl
+        .store()
+        .create_access_request(org, &input, rules.pending_ttl_s, now_ms())
+        .await
+        .map_err(store_error)?;
+    record_change(
+        ctl,
+        caller,
+        org,
+        "access_request.create",
+        &r.id.to_string(),
+        event(&r),
+    )
+    .await;
+    Ok(r)
+}
+
+pub async fn get_access_request(
+    ctl: &Control,
+    caller: &Caller,
+    id: Uuid,
+) -> ServiceResult<AccessRequest> {
+    let org = caller.require(Access::Read)?;
+    ctl.store()
+        .get_access_request(org, id)
+        .await
+        .map_err(store_error)
+}
+
+/// The org's requests, newest first, narrowed by `filter`. Needs readonly.
+pub async fn list_access_requests(
+    ctl: &Control,
+    caller: &Caller,
+    filter: ListFilter,
+) -> ServiceResult<Vec<AccessRequest>> {
+    let org = caller.require(Access::Read)?;
+    let store_filter = AccessRequestFilter {
+        requester: filter.mine.clone(),
+        status: if filter.to_approve.is_some() {
+            Some(AccessStatus::Pending)
+        } else {
+            filter.status
+        },
+        resource: filter.resource.clone(),
+    };
+    if filter.to_approve.is_some() && filter.status.is_some_and(|s| s != AccessStatus::Pending) {
+        return Ok(Vec::new());
+    }
+    let list = ctl
+        .store()
+        .list_access_requests(org, &store_filter)
+        .await
+        .map_err(store_error)?;
+    let Some(approver) = filter.to_approve else {
+        return Ok(list);
+    };
+    let rules = rules(ctl, org).await?;
+    let mut out = Vec::new();
+    for r in list {
+        if r.requester != approver && may_approve(ctl, org, &rules, &approver, &r.resource).await? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+async fn load(ctl: &Control, org: OrgId, id: Uuid) -> ServiceResult<AccessRequest> {
+    ctl.store()
+        .get_access_request(org, id)
+        .await
+        .map_err(store_error)
+}
+
+async fn transitioned(
+    ctl: &Control,
+    caller: &Caller,
+    org: OrgId,
+    action: &str,
+    r: AccessRequest,
+    d: &Decision,
+) -> AccessRequest {
+    let mut details = event(&r);
+    details["by"] = json!(d.approver);
+    details["why"] = json!(d.reason);
+    record_change(ctl, caller, org, action, &r.id.to_string(), details).await;
+    ctl.notify_change();
+    r
+}
+
+/// Approves a pending request: the approver must be in an approver group for the
+/// resource and not the requester; the grant lasts the requested duration, capped by the
+/// resource's maximum. Needs editor.
+pub async fn approve_access_request(
+    ctl: &Control,
+    caller: &Caller,
+    id: Uuid,
+    d: Decision,
+) -> ServiceResult<AccessRequest> {
+    let org = caller.require(Access::Write)?;
+    check_actor(&d.approver)?;
+    let request = load(ctl, org, id).await?;
+    let rules = rules(ctl, org).await?;
+    require_approver(ctl, org, &rules, &request, &d.approver).await?;
+    let r = ctl
+        .store()
+        .approve_access_request(
+            org,
+            id,
+            &d.approver,
+            &d.reason,
+            now_ms(),
+            rules.max_duration_s(&request.resource),
+        )
+        .await
+        .map_err(store_error)?;
+    Ok(transitioned(ctl, caller, org, "access_request.approve", r, &d).await)
+}
+
+/// Denies a pending request; same approver rules as approving. Needs editor.
+pub async fn deny_access_request(
+    ctl: &Control,
+    caller: &Caller,
+    id: Uuid,
+    d: Decision,
+) -> ServiceResult<AccessRequest> {
+    let org = caller.require(Access::Write)?;
+    check_actor(&d.approver)?;
+    let request = load(ctl, org, id).await?;
+    let rules = rules(ctl, org).await?;
+    require_approver(ctl, org, &rules, &request, &d.approver).await?;
+    let r = ctl
+        .store()
+        .deny_access_request(org, id, &d.approver, &d.reason, now_ms())
+        .await
+        .map_err(store_error)?;
+    Ok(transitioned(ctl, caller, org, "access_request.deny", r, &d).await)
+}
+
+/// Cancels a pending request; `d.approver` must be its requester. Needs editor.
+pub async fn cancel_access_request(
+    ctl: &Control,
+    caller: &Caller,
+    id: Uuid,
+    d: Decision,
+) -> ServiceResult<AccessRequest> {
+    let org = caller.require(Access::Write)?;
+    check_actor(&d.approver)?;
+    let request = load(ctl, org, id).await?;
+    if request.requester != d.approver {
+        return Err(ServiceError::denied(
+            "only the requester may cancel an access request",
+        ));
+    }
+    let r = ctl
+        .store()
+        .cancel_access_request(org, id, &d.approver, &d.reason, now_ms())
+        .await
+        .map_err(store_error)?;
+    Ok(transitioned(ctl, caller, org, "access_request.cancel", r, &d).await)
+}
+
+/// Revokes an active grant: an approver for the resource or the grantee may. Needs editor.
+pub async fn revoke_access_request(
+    ctl: &Control,
+    caller: &Caller,
+    id: Uuid,
+    d: Decision,
+) -> ServiceResult<AccessRequest> {
+    let org = caller.require(Access::Write)?;
+    check_actor(&d.approver)?;
+    let request = load(ctl, org, id).await?;
+    let rules = rules(ctl, org).await?;
+    if request.requester != d.approver
+        && !may_approve(ctl, org, &rules, &d.approver, &request.resource).await?
+    {
+        return Err(ServiceError::denied(format!(
+            "identity {:?} may not revoke grants for resource {:?} (not in an approver group)",
+            d.approver, request.resource
+        )));
+    }
+    let r = ctl
+        .store()
+        .revoke_access_request(org, id, &d.approver, &d.reason, now_ms())
+        .await
+        .map_err(store_error)?;
+    Ok(transitioned(ctl, caller, org, "access_request.revoke", r, &d).await)
+}
+
+pub async fn get_approval_rules(ctl: &Control, caller: &Caller) -> ServiceResult<ApprovalRules> {
+    let org = caller.require(Access::Read)?;
+    rules(ctl, org).await
+}
+
+/// Replaces the org's approval rules. Deciding who may grant access is an admin matter.
+pub async fn set_approval_rules(
+    ctl: &Control,
+    caller: &Caller,
+    rules: ApprovalRules,
+) -> ServiceResult<ApprovalRules> {
+    let org = caller.require(Access::Admin)?;
+    ctl.store()
+        .set_approval_rules(org, &rules)
+        .await
+        .map_err(store_error)?;
+    record_change(
+        ctl,
+        caller,
+        org,
+        "approval_rules.update",
+        "approval_rules",
+        serde_json::to_value(&rules).unwrap_or_default(),
+    )
+    .await;
+    Ok(rules)
+}
+
+/// One expiry sweep over every org at `now`: expires pending requests past their pending
+/// TTL and grants past `expires_at`, audits each (actor [`EXPIRY_ACTOR`]) and wakes
+/// watchers if anything changed. Returns how many requests expired.
+pub async fn expire_once(ctl: &Control, now: i64) -> usize {
+    let orgs = match ctl.store().list_orgs().await {
+        Ok(orgs) => orgs,
+        Err(e) => {
+            tracing::error!(error = %e, "access expiry: cannot list organizations");
+            return 0;
+        }
+    };
+    let mut total = 0;
+    for org in orgs {
+        let ids = match ctl.store().expire_due_access_requests(org.id, now).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(org = %org.id, error = %e, "access expiry failed");
+                continue;
+            }
+        };
+        for id in &ids {
+            let details = match ctl.store().get_access_request(org.id, *id).await {
+                Ok(r) => event(&r),
+                Err(_) => json!({"access_request_id": id, "status": "expired"}),
+            };
+            if let Err(e) = ctl
+                .store()
+                .append_admin_event(
+                    org.id,
+                    EXPIRY_ACTOR,
+                    "access_request.expire",
+                    &id.to_string(),
+                    details,
+                )
+                .await
+            {
+                tracing::error!(org = %org.id, %id, error = %e, "access expiry not audited");
+            }
+        }
+        total += ids.len();
+    }
+    if total > 0 {
+        ctl.notify_change();
+    }
+    total
+}
+
+/// Starts the expiry sweep (every [`EXPIRY_INTERVAL`]); it ends at shutdown.
+pub fn spawn_expiry(ctl: Arc<Control>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut shutdown = ctl.subscribe_shutdown();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(EXPIRY_INTERVAL) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            expire_once(&ctl, now_ms()).await;
+        }
+    })
 }
