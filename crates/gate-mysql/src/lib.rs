@@ -67,7 +67,9 @@ impl Conn {
     async fn write(&mut self, payload: &[u8]) -> std::io::Result<()> {
         let mut out = BytesMut::with_capacity(payload.len() + 4);
         packet::put_packet(&mut out, &mut self.seq, payload);
-        self.stream.write_all(&out).await
+        self.stream.write_all(&out).await?;
+        // With TLS, records can stay buffered in rustls until flushed.
+        self.stream.flush().await
     }
 
     /// Sends an ERR packet and closes: how a server refuses a login.

@@ -186,6 +186,8 @@ impl Relay<'_> {
     async fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
             self.client.write_all(&self.out).await?;
+            // With TLS, records can stay buffered in rustls until flushed.
+            self.client.flush().await?;
             self.out.clear();
         }
         Ok(())
@@ -231,6 +233,7 @@ impl Relay<'_> {
         // Flush what the client should already see before waiting on the upstream.
         if up.rbuf.len() < 4 && !self.out.is_empty() {
             self.client.write_all(&self.out).await?;
+            self.client.flush().await?;
             self.out.clear();
         }
         let up = self.up.as_mut().expect("ensured").get_mut();

@@ -78,6 +78,7 @@ async fn refuse(client: &mut ClientStream, code: &str, message: &str) {
     let mut out = BytesMut::new();
     wire::put_error(&mut out, "FATAL", code, message);
     let _ = client.write_all(&out).await;
+    let _ = client.flush().await;
     let _ = client.shutdown().await;
 }
 
@@ -222,6 +223,7 @@ impl PostgresHandler {
                         }
                         w.finish();
                         client.write_all(&out).await.ok()?;
+                        client.flush().await.ok()?;
                     }
                     let params = params
                         .into_iter()
@@ -332,7 +334,7 @@ impl PostgresHandler {
         // Ask for the token in cleartext (protected by TLS).
         let mut out = BytesMut::new();
         wire::put_auth_request(&mut out, 3);
-        if client.write_all(&out).await.is_err() {
+        if client.write_all(&out).await.is_err() || client.flush().await.is_err() {
             return;
         }
         let password = match wire::read_frame(&mut client, &mut buf, wire::MAX_STARTUP_LEN).await {
@@ -424,7 +426,7 @@ impl PostgresHandler {
         }
         wire::put_backend_key(&mut out, pid, secret);
         wire::put_ready(&mut out, b'I');
-        let reason = if client.write_all(&out).await.is_ok() {
+        let reason = if client.write_all(&out).await.is_ok() && client.flush().await.is_ok() {
             self.run_session(&session, client, buf, upstream, &resource, &settings, pid)
                 .await
         } else {

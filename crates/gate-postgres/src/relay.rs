@@ -550,7 +550,10 @@ impl<'a> Relay<'a> {
                 Ok(Some(f)) => f,
                 Ok(None) => {
                     if !out.is_empty() {
-                        if client.write_all(&out).await.is_err() {
+                        // `flush` matters with TLS: rustls may keep encrypted records
+                        // buffered when the socket is full, and nothing else would push
+                        // them out before the next write — the client would wait forever.
+                        if client.write_all(&out).await.is_err() || client.flush().await.is_err() {
                             return RelayEnd::ClientGone;
                         }
                         out.clear();
@@ -578,6 +581,7 @@ impl<'a> Relay<'a> {
             }
             if fatal {
                 let _ = client.write_all(&out).await;
+                let _ = client.flush().await;
                 return RelayEnd::UpstreamGone("upstream ended the session".into());
             }
         }
