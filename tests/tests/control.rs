@@ -31,6 +31,11 @@ struct Linked {
 }
 
 async fn linked(name: &str) -> Linked {
+    linked_with(name, String::new()).await
+}
+
+/// [`linked`] with extra connector resources (YAML list items, indented by 2 spaces).
+async fn linked_with(name: &str, extra_resources: String) -> Linked {
     let cp_dir = tempfile::tempdir().unwrap();
     let recordings = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start_with(cp_dir.path(), Some(recordings.path()))
@@ -48,6 +53,7 @@ async fn linked(name: &str) -> Linked {
             "recording: {{dir: \"{}\"}}",
             recordings.path().display()
         )),
+        extra_resources,
         ..Opts::default()
     })
     .await;
@@ -496,4 +502,145 @@ async fn a_resource_created_in_the_control_plane_is_served_by_the_connector() {
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_just_in_time_grant_opens_a_resource_and_its_revocation_ends_live_sessions() {
+    let l = linked("jit").await;
+    let pg = gate_test_support::postgres::PgServer::shared();
+    // A resource defined in the control plane that only grant holders may use.
+    l.cp.ok(
+        "POST",
+        "/api/v1/resources",
+        Some(&l.org),
+        Some(json!({
+            "name": "vault-db",
+            "protocol": "postgres",
+            "host": "127.0.0.1",
+            "port": pg.port(),
+            "database": "appdb",
+            "spec": {
+                "credentials": {"username": pg.app_user(), "password": "${TEST_APP_DB_PASSWORD}"},
+                "require_access_grant": true,
+            },
+        })),
+    )
+    .await
+    .unwrap();
+    // alice (who logs in with the connector file's token) as the control plane knows her,
+    // and olga, who approves for the dba group.
+    l.cp.ok(
+        "POST",
+        "/api/v1/identities",
+        Some(&l.org),
+        Some(json!({"name": "alice", "email": "alice@example.com", "groups": ["engineering"]})),
+    )
+    .await
+    .unwrap();
+    l.cp.ok(
+        "POST",
+        "/api/v1/identities",
+        Some(&l.org),
+        Some(json!({"name": "olga", "groups": ["dba"]})),
+    )
+    .await
+    .unwrap();
+    l.cp.ok(
+        "PUT",
+        "/api/v1/approval-rules",
+        Some(&l.org),
+        Some(json!({"default_approver_groups": ["dba"]})),
+    )
+    .await
+    .unwrap();
+    let conninfo = l.env.conninfo("alice", ALICE_TOKEN, "vault-db");
+
+    // No grant: refused, with how to ask for one.
+    let err = wait_until(
+        "the grant list reached the connector",
+        SYNC_WAIT,
+        || async {
+            let e = l.env.connect(&conninfo).await.err()?;
+            db_error(&e)
+                .1
+                .contains("needs an approved access grant")
+                .then_some(e)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", l.env.gw.log()));
+    assert!(
+        db_error(&err)
+            .1
+            .contains("gate access request --resource vault-db"),
+        "{err}"
+    );
+
+    let req = l
+        .cp
+        .ok(
+            "POST",
+            "/api/v1/access-requests",
+            Some(&l.org),
+            Some(json!({"requester": "alice", "resource": "vault-db", "reason": "incident 42", "requested_duration_s": 600})),
+        )
+        .await
+        .unwrap();
+    let id = req["id"].as_str().unwrap().to_string();
+    // Self-approval is refused and changes nothing.
+    let (status, _) =
+        l.cp.call(
+            "POST",
+            &format!("/api/v1/access-requests/{id}/approve"),
+            Some(&l.org),
+            Some(json!({"approver": "alice"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    l.cp.ok(
+        "POST",
+        &format!("/api/v1/access-requests/{id}/approve"),
+        Some(&l.org),
+        Some(json!({"approver": "olga", "reason": "go ahead"})),
+    )
+    .await
+    .unwrap();
+    let c = wait_until("alice's grant reached the connector", SYNC_WAIT, || async {
+        l.env.connect(&conninfo).await.ok()
+    })
+    .await
+    .unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+
+    // Revoked: the live session ends within 5 s with 57P01, and new ones are refused.
+    let started = Instant::now();
+    l.cp.ok(
+        "POST",
+        &format!("/api/v1/access-requests/{id}/revoke"),
+        Some(&l.org),
+        Some(json!({"approver": "olga", "reason": "incident closed"})),
+    )
+    .await
+    .unwrap();
+    let err = loop {
+        match c.simple_query("SELECT 1").await {
+            Err(e) => break e,
+            Ok(_) if started.elapsed() > SYNC_WAIT => panic!("the session outlived its grant"),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "ended after {took:?}");
+    let (code, message) = db_error(&err);
+    assert!(
+        code == "57P01" || err.is_closed(),
+        "{code} {message} ({err})"
+    );
+    eprintln!("live session ended {took:?} after the revocation: {code} {message}");
+    let err = l.env.connect(&conninfo).await.unwrap_err();
+    assert!(
+        db_error(&err).1.contains("needs an approved access grant"),
+        "{err}"
+    );
 }

@@ -131,9 +131,20 @@ impl Composer {
                 }
             }
         }
+        let grants = snapshot
+            .grants
+            .iter()
+            .filter(|g| g.status == "approved")
+            .map(|g| gate_pipeline::Grant {
+                identity: g.requester.clone(),
+                resource: g.resource.clone(),
+                expires_at_ms: g.expires_at,
+            })
+            .collect();
         self.pipeline.replace_policies(set);
         self.pipeline.replace_authenticator(auth);
         self.pipeline.replace_resources(resources);
+        self.pipeline.set_grants(grants);
         tracing::info!(
             revision = snapshot.revision,
             policies = snapshot.policies.len(),

@@ -175,6 +175,17 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
         tracing::info!(addr = %listener.local_addr()?, resource = dedicated.as_ref().map(|d| &*d.0), "listening");
         accept_loops.spawn(accept_loop(listener, dedicated, handlers.clone()));
     }
+    // Grants end on time even without news from the control plane: check every second.
+    let grant_enforcer = {
+        let pipeline = pipeline.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                pipeline.enforce_grants().await;
+            }
+        })
+    };
     let reaper = {
         let handlers = handlers.clone();
         tokio::spawn(async move {
@@ -221,6 +232,7 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
     health_state.ready.store(false, Ordering::Relaxed);
     accept_loops.abort_all();
     reaper.abort();
+    grant_enforcer.abort();
     let drain = cfg.shutdown.drain_timeout;
     if tokio::time::timeout(drain, pipeline.sessions_drained())
         .await

@@ -201,6 +201,7 @@ pub fn snapshot(s: st::ConfigSnapshot) -> pb::ConfigSnapshot {
         policies: s.policies.into_iter().map(policy).collect(),
         identities: s.identities.into_iter().map(identity).collect(),
         groups: s.groups.into_iter().map(group).collect(),
+        grants: s.grants.into_iter().map(access_request).collect(),
     }
 }
 

@@ -193,6 +193,10 @@ pub struct ResourceConfig {
     /// Ends a session this long after it opened, whatever it is doing (SSH).
     #[serde(default, deserialize_with = "optional_duration")]
     pub max_session_duration: Option<Duration>,
+    /// Sessions need an active just-in-time grant from the control plane (`gate access
+    /// request …`); without one, or when grants cannot be checked, they are refused.
+    #[serde(default)]
+    pub require_access_grant: bool,
 }
 
 /// Per-resource recording options.

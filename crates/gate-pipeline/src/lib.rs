@@ -50,6 +50,8 @@ pub struct Pipeline {
     /// Swapped whole when the control plane changes resources; sessions keep the
     /// `Arc<ResourceConfig>` they opened with.
     resources: ArcSwap<ResourceSet>,
+    /// Active just-in-time grants; `None` until the control plane has sent any.
+    grants: ArcSwap<Option<GrantSet>>,
     live: LiveSessions,
     shutdown: watch::Sender<bool>,
 }
@@ -84,6 +86,7 @@ impl Pipeline {
             metrics: parts.metrics,
             masker: parts.masker,
             resources: ArcSwap::from_pointee(ResourceSet::new(parts.resources)),
+            grants: ArcSwap::from_pointee(None),
             live: LiveSessions::default(),
             shutdown: watch::channel(false).0,
         })
@@ -96,6 +99,72 @@ impl Pipeline {
     /// Every resource, in configuration order.
     pub fn resources(&self) -> Vec<Arc<ResourceConfig>> {
         self.resources.load().ordered.clone()
+    }
+
+    /// Swaps in the active grants (from the control plane). Live sessions that lost their
+    /// grant are ended by the next [`Pipeline::enforce_grants`] (the connector runs it every
+    /// second).
+    pub fn set_grants(&self, grants: Vec<Grant>) {
+        let set = GrantSet {
+            by_key: grants
+                .into_iter()
+                .map(|g| ((g.identity, g.resource), g.expires_at_ms))
+                .collect(),
+        };
+        self.grants.store(Arc::new(Some(set)));
+    }
+
+    /// Whether `identity` may use `resource` now: `Ok` when the resource needs no grant or
+    /// a grant is active; otherwise the sentence to show the user (fail closed when grants
+    /// were never received).
+    pub fn check_grant(&self, identity: &str, resource: &ResourceConfig) -> Result<(), String> {
+        if !resource.require_access_grant {
+            return Ok(());
+        }
+        let how = format!(
+            "request one with: gate access request --resource {} --duration 1h --reason \"…\"",
+            resource.name
+        );
+        match self.grants.load().as_ref() {
+            None => Err(format!(
+                "access to {} needs a just-in-time grant, and grants cannot be checked right now (no grant list from the control plane yet); {how}",
+                resource.name
+            )),
+            Some(set) => match set
+                .by_key
+                .get(&(identity.to_string(), resource.name.clone()))
+            {
+                Some(expires) if *expires > now_ms() => Ok(()),
+                Some(_) => Err(format!(
+                    "your access grant for {} has expired; {how}",
+                    resource.name
+                )),
+                None => Err(format!(
+                    "access to {} needs an approved access grant; {how}",
+                    resource.name
+                )),
+            },
+        }
+    }
+
+    /// Ends live sessions whose grant is gone or past its end. Cheap when no resource
+    /// needs grants; the connector calls it every second so expiry is enforced on time.
+    pub async fn enforce_grants(&self) {
+        let ending: Vec<(uuid::Uuid, String)> = {
+            let live = self.live.lock();
+            live.values()
+                .filter_map(|e| {
+                    let r = self.resource(&e.info.resource)?;
+                    self.check_grant(&e.info.user, &r)
+                        .err()
+                        .map(|why| (e.info.id, why))
+                })
+                .collect()
+        };
+        for (id, why) in ending {
+            let reason = format!("access grant ended: {why}");
+            self.terminate_session(id, &reason, "grant check").await;
+        }
     }
 
     /// Swaps in a new set of resources (the file's plus the control plane's). A resource
@@ -304,6 +373,26 @@ impl Pipeline {
             let _ = rx.wait_for(|s| *s).await;
         }
     }
+}
+
+/// An active just-in-time grant.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub identity: String,
+    pub resource: String,
+    /// When it ends, unix milliseconds.
+    pub expires_at_ms: i64,
+}
+
+struct GrantSet {
+    by_key: HashMap<(String, String), i64>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// The resources in force: by name, and in configuration order.

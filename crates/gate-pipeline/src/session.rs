@@ -262,6 +262,13 @@ impl Pipeline {
             }
         };
 
+        // Just-in-time access comes first: no grant, no session (fail closed).
+        if let Err(why) = self.check_grant(&session.identity.name, &session.resource) {
+            session
+                .audit_decision(Stage::Session, &Decision::block(why.clone()), None)
+                .await;
+            return Err(SessionDenied { reason: why });
+        }
         let decision = session.evaluate(Stage::Session, None, None);
         session
             .audit_decision(Stage::Session, &decision, None)
