@@ -7,7 +7,10 @@
 //!   the org named by `X-Org-ID` / `x-org-id`;
 //! - an **org API key** (looked up by its SHA-256 in the store), acting on its own org only,
 //!   within its role;
-//! - a **connector credential** (from `Register`), for the ConnectorService only.
+//! - a **connector credential** (from `Register`), for the ConnectorService only;
+//! - an **identity's Gate token** (the one people connect to resources with, stored as
+//!   SHA-256 on the identity), acting as that person: it may file, list and decide access
+//!   requests as itself (`gate login`), and nothing else.
 //!
 //! Keys are never logged: log lines name the actor (`api_key:<name>`), not the secret.
 
@@ -27,6 +30,8 @@ pub enum Principal {
     ApiKey { id: Uuid, role: ApiKeyRole },
     /// A registered connector, by its own credential.
     Connector { id: Uuid },
+    /// A person, by their Gate token: acts as this identity on access requests only.
+    Identity { id: Uuid, name: String },
 }
 
 /// An authenticated caller: the org it acts on, what it is, and a name for audit events.
@@ -71,7 +76,39 @@ impl Caller {
             Principal::System => "system",
             Principal::ApiKey { role, .. } => role.as_str(),
             Principal::Connector { .. } => "connector",
+            Principal::Identity { .. } => "identity",
         }
+    }
+
+    /// The identity this caller is, when it signed in with an identity's token.
+    pub fn identity(&self) -> Option<&str> {
+        match &self.principal {
+            Principal::Identity { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// Who acts in a just-in-time access operation, and on which org. A person (identity
+    /// token) acts as themselves: a name given in the call must be theirs, and an empty one
+    /// means them. A key (editor or above) or the system key vouches for the identity
+    /// named in the call, which must not be empty.
+    pub fn acting_identity(&self, named: &str) -> ServiceResult<(OrgId, String)> {
+        let named = named.trim();
+        if let Principal::Identity { name, .. } = &self.principal {
+            if !named.is_empty() && named != name {
+                return Err(ServiceError::denied(format!(
+                    "signed in as {name:?}: you may not act as {named:?}"
+                )));
+            }
+            return Ok((self.org()?, name.clone()));
+        }
+        let org = self.require(Access::Write)?;
+        if named.is_empty() {
+            return Err(ServiceError::invalid(
+                "name the acting identity (requester or approver): a key is not a person",
+            ));
+        }
+        Ok((org, named.to_string()))
     }
 
     /// The org this call acts on; the system key must name one.
@@ -108,6 +145,12 @@ impl Caller {
             Principal::Connector { .. } => {
                 return Err(ServiceError::denied(
                     "a connector credential may only use the connector service",
+                ));
+            }
+            Principal::Identity { .. } => {
+                return Err(ServiceError::denied(
+                    "a personal (identity) token may only request and decide access; \
+                     the admin API needs an API key",
                 ));
             }
         }
@@ -212,6 +255,28 @@ pub async fn authenticate(
             actor: format!("connector:{}", connector.name),
         });
     }
+    if let Some(identity) = ctl
+        .store()
+        .authenticate_identity(token)
+        .await
+        .map_err(crate::service::store_error)?
+    {
+        if let Some(h) = org_header
+            && h != identity.org_id.to_string()
+        {
+            return Err(ServiceError::denied(
+                "an identity token acts on its own organization only",
+            ));
+        }
+        return Ok(Caller {
+            org_id: Some(identity.org_id),
+            principal: Principal::Identity {
+                id: identity.id,
+                name: identity.name.clone(),
+            },
+            actor: format!("identity:{}", identity.name),
+        });
+    }
     Err(ServiceError::unauthenticated("invalid or revoked key"))
 }
 
@@ -290,6 +355,19 @@ mod tests {
             "system must name an org"
         );
         assert!(sys.require_system().is_ok());
+
+        let person = caller(Principal::Identity {
+            id: Uuid::now_v7(),
+            name: "alice".into(),
+        });
+        assert!(person.require(Access::Read).is_err());
+        assert!(person.require_connector().is_err());
+        assert_eq!(person.acting_identity("").unwrap().1, "alice");
+        assert_eq!(person.acting_identity("alice").unwrap().1, "alice");
+        assert!(person.acting_identity("bob").is_err());
+        assert!(ro.acting_identity("bob").is_err(), "readonly keys may not act");
+        assert_eq!(ed.acting_identity("bob").unwrap().1, "bob");
+        assert!(ed.acting_identity(" ").is_err(), "a key must name someone");
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! - [`mcp`]: the read-only MCP endpoint at `/mcp` (JSON-RPC over Streamable HTTP), always
 //!   served next to `/api/v1`, calling the same service functions with the same keys.
 //! - [`retention`]: the background job that purges audit older than `audit.retention`.
+//! - [`events`]: what happened (access transitions, sessions, policy blocks), published to
+//!   the integrations registered as [`events::EventSink`]s (webhooks, Slack).
 //!
 //! Other surfaces (the web UI) plug in as extra axum routes through
 //! [`server::Surfaces::with_http_routes`], calling the same service functions.
@@ -21,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod mcp;
@@ -58,6 +61,8 @@ pub struct Control {
         std::sync::Arc<dyn object_store::ObjectStore>,
         object_store::path::Path,
     )>,
+    /// The integrations events are published to.
+    sinks: events::Sinks,
 }
 
 /// How `Control` is put together (see [`Control::new`]).
@@ -92,7 +97,22 @@ impl Control {
             shutdown: tokio::sync::watch::Sender::new(false),
             watch_poll: options.watch_poll,
             recording_store: std::sync::OnceLock::new(),
+            sinks: events::Sinks::default(),
         })
+    }
+
+    /// Registers an integration; it receives every event published from now on.
+    pub fn add_event_sink(&self, sink: Arc<dyn events::EventSink>) {
+        self.sinks.add(sink);
+    }
+
+    /// Hands `event` to every registered integration, in registration order. Each only
+    /// takes it (persists or queues it), so this returns quickly whatever the receivers do.
+    pub async fn publish(&self, event: events::Event) {
+        let event = Arc::new(event);
+        for sink in self.sinks.all() {
+            sink.accept(self, &event).await;
+        }
     }
 
     /// Sets the recording store (once; later calls are ignored).

@@ -360,6 +360,31 @@ impl Store {
         self.get_identity_by(org, Key::Name(name)).await
     }
 
+    /// The enabled identity whose Gate token is `token`, in whichever org it is: the token
+    /// people connect with also signs them in to the control plane (`gate login`). Found
+    /// by the token's SHA-256, compared again in constant time. A digest that two
+    /// identities share (possible only with a hand-set `token_sha256`) signs in nobody.
+    pub async fn authenticate_identity(&self, token: &str) -> Result<Option<Identity>> {
+        let digest = crate::sha256_hex(token);
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            identity_cols!(),
+            " FROM identities WHERE token_sha256 = $1 LIMIT 2"
+        ))
+        .bind(&digest)
+        .fetch_all(&self.pool)
+        .await?;
+        let [row] = rows.as_slice() else {
+            return Ok(None);
+        };
+        let identity = identity_from_row(row)?;
+        let matches = identity
+            .token_sha256
+            .as_deref()
+            .is_some_and(|d| crate::digest_matches(d, token));
+        Ok((matches && !identity.disabled).then_some(identity))
+    }
+
     async fn get_identity_by(&self, org: OrgId, key: Key<'_>) -> Result<Identity> {
         let sql = match key {
             Key::Id(_) => concat!(

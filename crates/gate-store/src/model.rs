@@ -621,6 +621,8 @@ pub struct AccessRequest {
 /// What [`Store::create_access_request`](crate::Store::create_access_request) needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AccessRequestInput {
+    /// Empty means the caller, when the caller is a person signed in with their token.
+    #[serde(default)]
     pub requester: String,
     pub resource: String,
     #[serde(default)]

@@ -672,6 +672,27 @@ async fn identities_and_groups(db: TestDb) {
     assert_eq!(s.get_identity(org, alice.id).await.unwrap(), alice);
     assert_eq!(s.get_identity_by_name(org, "bob").await.unwrap(), bob);
 
+    // An identity's Gate token signs it in; another token, or a disabled identity, does not.
+    let digest = |t: &str| {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(t.as_bytes()))
+    };
+    let mut with_token = identity("dora", &["ops"]);
+    with_token.token_sha256 = Some(digest("gate-token-of-dora"));
+    let dora = s.create_identity(org, &with_token).await.unwrap();
+    assert_eq!(
+        s.authenticate_identity("gate-token-of-dora").await.unwrap(),
+        Some(dora.clone())
+    );
+    assert_eq!(s.authenticate_identity("another-token").await.unwrap(), None);
+    with_token.disabled = true;
+    s.update_identity(org, dora.id, &with_token).await.unwrap();
+    assert_eq!(
+        s.authenticate_identity("gate-token-of-dora").await.unwrap(),
+        None
+    );
+    s.delete_identity(org, dora.id).await.unwrap();
+
     let mut disabled = identity("alice", &["dba"]);
     disabled.disabled = true;
     disabled.email = None;

@@ -1,15 +1,17 @@
 //! Just-in-time access: a person asks for a resource for a while, an approver grants (or
 //! denies) it, the grant expires or is revoked.
 //!
-//! API keys are not identities yet, so whoever acts is named in the call: the requester of
-//! a new request, the approver of a decision, the requester who cancels. Such calls need an
-//! editor (or admin) key: the key vouches for the named identity, and the approval rules
-//! decide whether that identity may decide — its groups (from the identities table) must
+//! Who acts is a person. Signed in with their own Gate token (`gate login`), they act as
+//! themselves; an editor (or admin) key, or the system key, may instead vouch for an
+//! identity named in the call — the requester of a new request, the approver of a
+//! decision, the requester who cancels ([`Caller::acting_identity`]). The approval rules
+//! decide whether that identity may decide: its groups (from the identities table) must
 //! meet the resource's approver groups (or the org's default ones), and nobody approves
 //! their own request. Every transition is an admin audit event with who and why.
 //!
 //! Transitions change what connectors enforce (active grants are in the config snapshot),
-//! so each one wakes config watchers. [`spawn_expiry`] runs the expiry sweep.
+//! so each one wakes config watchers, and each is published as an [`Event`] to the
+//! integrations (Slack, webhooks). [`spawn_expiry`] runs the expiry sweep.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,7 @@ use uuid::Uuid;
 use super::{record_change, store_error};
 use crate::auth::Access;
 use crate::error::{ServiceError, ServiceResult};
+use crate::events::{Event, EventKind};
 use crate::{Caller, Control};
 
 /// The actor named in expiry events.
@@ -54,7 +57,8 @@ pub struct ListFilter {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Decision {
-    #[serde(alias = "identity", alias = "requester")]
+    /// Empty means the caller, when the caller is a person signed in with their token.
+    #[serde(default, alias = "identity", alias = "requester")]
     pub approver: String,
     #[serde(default)]
     pub reason: String,
@@ -127,24 +131,26 @@ async fn require_approver(
     Ok(())
 }
 
-fn check_actor(name: &str) -> ServiceResult<()> {
-    if name.trim().is_empty() {
-        return Err(ServiceError::invalid(
-            "approver must name an identity (API keys are not identities yet)",
-        ));
-    }
-    Ok(())
+/// Publishes what happened to `r` to the integrations.
+async fn publish(ctl: &Control, org: OrgId, kind: EventKind, r: &AccessRequest) {
+    let resource_id = ctl
+        .store()
+        .get_resource_by_name(org, &r.resource)
+        .await
+        .ok()
+        .map(|res| res.id);
+    ctl.publish(Event::access(kind, org, r, resource_id)).await;
 }
 
-/// Files a request for the identity named in `input.requester` (which must exist and be
-/// enabled) on an existing resource. Needs editor.
+/// Files a request for the acting identity (which must exist and be enabled) on an
+/// existing resource.
 pub async fn create_access_request(
     ctl: &Control,
     caller: &Caller,
-    input: AccessRequestInput,
+    mut input: AccessRequestInput,
 ) -> ServiceResult<AccessRequest> {
-    let org = caller.require(Access::Write)?;
-    check_actor(&input.requester)?;
+    let (org, requester) = caller.acting_identity(&input.requester)?;
+    input.requester = requester;
     let requester = ctl
         .store()
         .get_identity_by_name(org, &input.requester)
@@ -175,28 +181,78 @@ pub async fn create_access_request(
         event(&r),
     )
     .await;
+    publish(ctl, org, EventKind::AccessRequested, &r).await;
     Ok(r)
 }
 
+/// One request. A person sees their own requests and those they may decide; keys need
+/// readonly.
 pub async fn get_access_request(
     ctl: &Control,
     caller: &Caller,
     id: Uuid,
 ) -> ServiceResult<AccessRequest> {
-    let org = caller.require(Access::Read)?;
-    ctl.store()
-        .get_access_request(org, id)
-        .await
-        .map_err(store_error)
+    let Some(me) = caller.identity() else {
+        let org = caller.require(Access::Read)?;
+        return load(ctl, org, id).await;
+    };
+    let org = caller.org()?;
+    let r = load(ctl, org, id).await?;
+    let rules = rules(ctl, org).await?;
+    if r.requester == me || may_approve(ctl, org, &rules, me, &r.resource).await? {
+        Ok(r)
+    } else {
+        // Not "forbidden": whether someone else's request exists is not theirs to learn.
+        Err(ServiceError::NotFound("access request not found".into()))
+    }
 }
 
-/// The org's requests, newest first, narrowed by `filter`. Needs readonly.
+/// The org's requests, newest first, narrowed by `filter`. Keys need readonly. A person
+/// may ask only about themselves (`mine`, `to_approve`); with neither filter they get their
+/// own requests and every request they may decide.
 pub async fn list_access_requests(
     ctl: &Control,
     caller: &Caller,
-    filter: ListFilter,
+    mut filter: ListFilter,
 ) -> ServiceResult<Vec<AccessRequest>> {
-    let org = caller.require(Access::Read)?;
+    let mut mine_or_decidable = None;
+    let org = match caller.identity() {
+        None => caller.require(Access::Read)?,
+        Some(me) => {
+            for named in [&filter.mine, &filter.to_approve].into_iter().flatten() {
+                if named != me {
+                    return Err(ServiceError::denied(format!(
+                        "signed in as {me:?}: you may list only your own requests and those \
+                         you may decide"
+                    )));
+                }
+            }
+            if filter.mine.is_none() && filter.to_approve.is_none() {
+                mine_or_decidable = Some(me.to_string());
+            }
+            caller.org()?
+        }
+    };
+    if let Some(me) = mine_or_decidable {
+        filter.mine = None;
+        let list = list_unchecked(ctl, org, &filter).await?;
+        let rules = rules(ctl, org).await?;
+        let mut out = Vec::new();
+        for r in list {
+            if r.requester == me || may_approve(ctl, org, &rules, &me, &r.resource).await? {
+                out.push(r);
+            }
+        }
+        return Ok(out);
+    }
+    list_unchecked(ctl, org, &filter).await
+}
+
+async fn list_unchecked(
+    ctl: &Control,
+    org: OrgId,
+    filter: &ListFilter,
+) -> ServiceResult<Vec<AccessRequest>> {
     let store_filter = AccessRequestFilter {
         requester: filter.mine.clone(),
         status: if filter.to_approve.is_some() {
@@ -214,7 +270,7 @@ pub async fn list_access_requests(
         .list_access_requests(org, &store_filter)
         .await
         .map_err(store_error)?;
-    let Some(approver) = filter.to_approve else {
+    let Some(approver) = filter.to_approve.clone() else {
         return Ok(list);
     };
     let rules = rules(ctl, org).await?;
@@ -238,29 +294,43 @@ async fn transitioned(
     ctl: &Control,
     caller: &Caller,
     org: OrgId,
-    action: &str,
+    kind: EventKind,
     r: AccessRequest,
     d: &Decision,
 ) -> AccessRequest {
     let mut details = event(&r);
     details["by"] = json!(d.approver);
     details["why"] = json!(d.reason);
+    let action = match kind {
+        EventKind::AccessApproved => "access_request.approve",
+        EventKind::AccessDenied => "access_request.deny",
+        EventKind::AccessCancelled => "access_request.cancel",
+        EventKind::AccessRevoked => "access_request.revoke",
+        _ => "access_request.update",
+    };
     record_change(ctl, caller, org, action, &r.id.to_string(), details).await;
     ctl.notify_change();
+    publish(ctl, org, kind, &r).await;
     r
+}
+
+/// The org and the acting identity of a decision, which becomes `d.approver`.
+fn acting(caller: &Caller, d: &mut Decision) -> ServiceResult<OrgId> {
+    let (org, who) = caller.acting_identity(&d.approver)?;
+    d.approver = who;
+    Ok(org)
 }
 
 /// Approves a pending request: the approver must be in an approver group for the
 /// resource and not the requester; the grant lasts the requested duration, capped by the
-/// resource's maximum. Needs editor.
+/// resource's maximum.
 pub async fn approve_access_request(
     ctl: &Control,
     caller: &Caller,
     id: Uuid,
-    d: Decision,
+    mut d: Decision,
 ) -> ServiceResult<AccessRequest> {
-    let org = caller.require(Access::Write)?;
-    check_actor(&d.approver)?;
+    let org = acting(caller, &mut d)?;
     let request = load(ctl, org, id).await?;
     let rules = rules(ctl, org).await?;
     require_approver(ctl, org, &rules, &request, &d.approver).await?;
@@ -276,18 +346,17 @@ pub async fn approve_access_request(
         )
         .await
         .map_err(store_error)?;
-    Ok(transitioned(ctl, caller, org, "access_request.approve", r, &d).await)
+    Ok(transitioned(ctl, caller, org, EventKind::AccessApproved, r, &d).await)
 }
 
-/// Denies a pending request; same approver rules as approving. Needs editor.
+/// Denies a pending request; same approver rules as approving.
 pub async fn deny_access_request(
     ctl: &Control,
     caller: &Caller,
     id: Uuid,
-    d: Decision,
+    mut d: Decision,
 ) -> ServiceResult<AccessRequest> {
-    let org = caller.require(Access::Write)?;
-    check_actor(&d.approver)?;
+    let org = acting(caller, &mut d)?;
     let request = load(ctl, org, id).await?;
     let rules = rules(ctl, org).await?;
     require_approver(ctl, org, &rules, &request, &d.approver).await?;
@@ -296,18 +365,17 @@ pub async fn deny_access_request(
         .deny_access_request(org, id, &d.approver, &d.reason, now_ms())
         .await
         .map_err(store_error)?;
-    Ok(transitioned(ctl, caller, org, "access_request.deny", r, &d).await)
+    Ok(transitioned(ctl, caller, org, EventKind::AccessDenied, r, &d).await)
 }
 
-/// Cancels a pending request; `d.approver` must be its requester. Needs editor.
+/// Cancels a pending request; `d.approver` must be its requester.
 pub async fn cancel_access_request(
     ctl: &Control,
     caller: &Caller,
     id: Uuid,
-    d: Decision,
+    mut d: Decision,
 ) -> ServiceResult<AccessRequest> {
-    let org = caller.require(Access::Write)?;
-    check_actor(&d.approver)?;
+    let org = acting(caller, &mut d)?;
     let request = load(ctl, org, id).await?;
     if request.requester != d.approver {
         return Err(ServiceError::denied(
@@ -319,18 +387,17 @@ pub async fn cancel_access_request(
         .cancel_access_request(org, id, &d.approver, &d.reason, now_ms())
         .await
         .map_err(store_error)?;
-    Ok(transitioned(ctl, caller, org, "access_request.cancel", r, &d).await)
+    Ok(transitioned(ctl, caller, org, EventKind::AccessCancelled, r, &d).await)
 }
 
-/// Revokes an active grant: an approver for the resource or the grantee may. Needs editor.
+/// Revokes an active grant: an approver for the resource or the grantee may.
 pub async fn revoke_access_request(
     ctl: &Control,
     caller: &Caller,
     id: Uuid,
-    d: Decision,
+    mut d: Decision,
 ) -> ServiceResult<AccessRequest> {
-    let org = caller.require(Access::Write)?;
-    check_actor(&d.approver)?;
+    let org = acting(caller, &mut d)?;
     let request = load(ctl, org, id).await?;
     let rules = rules(ctl, org).await?;
     if request.requester != d.approver
@@ -346,7 +413,7 @@ pub async fn revoke_access_request(
         .revoke_access_request(org, id, &d.approver, &d.reason, now_ms())
         .await
         .map_err(store_error)?;
-    Ok(transitioned(ctl, caller, org, "access_request.revoke", r, &d).await)
+    Ok(transitioned(ctl, caller, org, EventKind::AccessRevoked, r, &d).await)
 }
 
 pub async fn get_approval_rules(ctl: &Control, caller: &Caller) -> ServiceResult<ApprovalRules> {
@@ -398,9 +465,10 @@ pub async fn expire_once(ctl: &Control, now: i64) -> usize {
             }
         };
         for id in &ids {
-            let details = match ctl.store().get_access_request(org.id, *id).await {
-                Ok(r) => event(&r),
-                Err(_) => json!({"access_request_id": id, "status": "expired"}),
+            let request = ctl.store().get_access_request(org.id, *id).await.ok();
+            let details = match &request {
+                Some(r) => event(r),
+                None => json!({"access_request_id": id, "status": "expired"}),
             };
             if let Err(e) = ctl
                 .store()
@@ -414,6 +482,9 @@ pub async fn expire_once(ctl: &Control, now: i64) -> usize {
                 .await
             {
                 tracing::error!(org = %org.id, %id, error = %e, "access expiry not audited");
+            }
+            if let Some(r) = &request {
+                publish(ctl, org.id, EventKind::AccessExpired, r).await;
             }
         }
         total += ids.len();
