@@ -365,7 +365,10 @@ mod tests {
         assert_eq!(person.acting_identity("").unwrap().1, "alice");
         assert_eq!(person.acting_identity("alice").unwrap().1, "alice");
         assert!(person.acting_identity("bob").is_err());
-        assert!(ro.acting_identity("bob").is_err(), "readonly keys may not act");
+        assert!(
+            ro.acting_identity("bob").is_err(),
+            "readonly keys may not act"
+        );
         assert_eq!(ed.acting_identity("bob").unwrap().1, "bob");
         assert!(ed.acting_identity(" ").is_err(), "a key must name someone");
     }

@@ -256,7 +256,7 @@ mod tests {
         assert!(approved.id.starts_with("evt_"));
         let data = &approved.data;
         assert_eq!(data["approved_by"], "bob");
-        assert_eq!(data["expires_at"], "2023-11-14T23:54:20.000000Z");
+        assert_eq!(data["expires_at"], "2023-11-14T23:14:20.000000Z");
         assert_eq!(data["duration_s"], 3600);
         assert_eq!(data["scopes"]["operation"], "read");
         assert!(data.get("denied_by").is_none());

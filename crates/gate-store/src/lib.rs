@@ -125,6 +125,11 @@ use uuid::Uuid;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/0001_initial.sql")),
     (2, "access", include_str!("../migrations/0002_access.sql")),
+    (
+        3,
+        "identity_tokens",
+        include_str!("../migrations/0003_identity_tokens.sql"),
+    ),
 ];
 
 /// How to reach the database. `Debug` hides the URL's password, so options can be logged.

@@ -684,7 +684,10 @@ async fn identities_and_groups(db: TestDb) {
         s.authenticate_identity("gate-token-of-dora").await.unwrap(),
         Some(dora.clone())
     );
-    assert_eq!(s.authenticate_identity("another-token").await.unwrap(), None);
+    assert_eq!(
+        s.authenticate_identity("another-token").await.unwrap(),
+        None
+    );
     with_token.disabled = true;
     s.update_identity(org, dora.id, &with_token).await.unwrap();
     assert_eq!(
