@@ -40,6 +40,17 @@ impl ControlPlane {
         recordings: Option<&Path>,
         tls: Option<&crate::certs::TestCerts>,
     ) -> anyhow::Result<ControlPlane> {
+        Self::start_custom(dir, recordings, tls, "").await
+    }
+
+    /// Like [`ControlPlane::start_opts`], with `extra_yaml` appended to `control.yaml`
+    /// (top-level sections such as `slack:` or `delivery:`; it must end with a newline).
+    pub async fn start_custom(
+        dir: &Path,
+        recordings: Option<&Path>,
+        tls: Option<&crate::certs::TestCerts>,
+        extra_yaml: &str,
+    ) -> anyhow::Result<ControlPlane> {
         std::fs::create_dir_all(dir)?;
         let binary = tokio::task::spawn_blocking(|| crate::cargo_bin("gate-control")).await??;
         let addr = format!("127.0.0.1:{}", free_port());
@@ -58,7 +69,8 @@ impl ControlPlane {
                     t.key_path.display()
                 )
             })
-            .unwrap_or_default();
+            .unwrap_or_default()
+            + extra_yaml;
         std::fs::write(dir.join("control.yaml"), yaml)?;
         let mut cp = ControlPlane {
             dir: dir.to_path_buf(),
