@@ -135,10 +135,26 @@ impl Composer {
             .grants
             .iter()
             .filter(|g| g.status == "approved")
-            .map(|g| gate_pipeline::Grant {
-                identity: g.requester.clone(),
-                resource: g.resource.clone(),
-                expires_at_ms: g.expires_at,
+            .filter_map(|g| {
+                // A scope this connector cannot read would be honoured wrongly: such a
+                // grant is left out (fail closed) and the reason logged.
+                let scopes: serde_json::Value = if g.scopes_json.trim().is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::from_str(&g.scopes_json).unwrap_or(serde_json::Value::Bool(false))
+                };
+                match gate_core::GrantScope::from_json(&scopes) {
+                    Ok(scope) => Some(gate_pipeline::Grant {
+                        identity: g.requester.clone(),
+                        resource: g.resource.clone(),
+                        expires_at_ms: g.expires_at,
+                        scope,
+                    }),
+                    Err(e) => {
+                        tracing::error!(grant = %g.id, error = %e, "grant with unreadable scopes ignored");
+                        None
+                    }
+                }
             })
             .collect();
         self.pipeline.replace_policies(set);

@@ -10,6 +10,7 @@ pub mod config;
 pub mod decision;
 pub mod facts;
 pub mod glob;
+pub mod grant;
 pub mod identity;
 pub mod secret;
 pub mod time;
@@ -17,6 +18,7 @@ pub mod time;
 pub use audit::{AuditEvent, AuditKind};
 pub use decision::{Action, Decision, MaskRule, MaskStrategy, Stage};
 pub use facts::{ColumnFacts, QueryFacts, QueryType, RequestFacts, SshFacts};
+pub use grant::GrantScope;
 pub use identity::Identity;
 
 /// The protocols Gate speaks. The string form is what configs and policies use.

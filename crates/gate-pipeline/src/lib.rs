@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use gate_core::config::ResourceConfig;
-use gate_core::{AuditEvent, AuditKind, Identity, Protocol};
+use gate_core::{AuditEvent, AuditKind, GrantScope, Identity, Protocol};
 use gate_enforcement::Masker;
 use gate_policy::PolicySet;
 use gate_recording::Recordings;
@@ -105,13 +105,43 @@ impl Pipeline {
     /// grant are ended by the next [`Pipeline::enforce_grants`] (the connector runs it every
     /// second).
     pub fn set_grants(&self, grants: Vec<Grant>) {
-        let set = GrantSet {
-            by_key: grants
-                .into_iter()
-                .map(|g| ((g.identity, g.resource), g.expires_at_ms))
-                .collect(),
-        };
-        self.grants.store(Arc::new(Some(set)));
+        let mut by_key: HashMap<(String, String), Vec<(i64, GrantScope)>> = HashMap::new();
+        for g in grants {
+            by_key
+                .entry((g.identity, g.resource))
+                .or_default()
+                .push((g.expires_at_ms, g.scope));
+        }
+        self.grants.store(Arc::new(Some(GrantSet { by_key })));
+    }
+
+    /// The scopes of `identity`'s active grants on `resource`, when the resource needs a
+    /// grant (`None`: it does not, nothing is narrowed). Empty when no grant is active.
+    pub fn grant_scopes(
+        &self,
+        identity: &str,
+        resource: &ResourceConfig,
+    ) -> Option<Vec<GrantScope>> {
+        if !resource.require_access_grant {
+            return None;
+        }
+        let now = now_ms();
+        let grants = self.grants.load();
+        let scopes = grants
+            .as_ref()
+            .as_ref()
+            .and_then(|set| {
+                set.by_key
+                    .get(&(identity.to_string(), resource.name.clone()))
+            })
+            .map(|list| {
+                list.iter()
+                    .filter(|(expires, _)| *expires > now)
+                    .map(|(_, scope)| scope.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(scopes)
     }
 
     /// Whether `identity` may use `resource` now: `Ok` when the resource needs no grant or
@@ -133,8 +163,9 @@ impl Pipeline {
             Some(set) => match set
                 .by_key
                 .get(&(identity.to_string(), resource.name.clone()))
+                .map(|list| list.iter().map(|(expires, _)| *expires).max().unwrap_or(0))
             {
-                Some(expires) if *expires > now_ms() => Ok(()),
+                Some(expires) if expires > now_ms() => Ok(()),
                 Some(_) => Err(format!(
                     "your access grant for {} has expired; {how}",
                     resource.name
@@ -150,6 +181,15 @@ impl Pipeline {
     /// Ends live sessions whose grant is gone or past its end. Cheap when no resource
     /// needs grants; the connector calls it every second so expiry is enforced on time.
     pub async fn enforce_grants(&self) {
+        if !self
+            .resources
+            .load()
+            .ordered
+            .iter()
+            .any(|r| r.require_access_grant)
+        {
+            return;
+        }
         let ending: Vec<(uuid::Uuid, String)> = {
             let live = self.live.lock();
             live.values()
@@ -382,10 +422,13 @@ pub struct Grant {
     pub resource: String,
     /// When it ends, unix milliseconds.
     pub expires_at_ms: i64,
+    /// What it covers.
+    pub scope: GrantScope,
 }
 
 struct GrantSet {
-    by_key: HashMap<(String, String), i64>,
+    /// (identity, resource) → each grant's end and scope (a person may hold several).
+    by_key: HashMap<(String, String), Vec<(i64, GrantScope)>>,
 }
 
 fn now_ms() -> i64 {

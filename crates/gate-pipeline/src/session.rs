@@ -347,6 +347,9 @@ impl Session {
     /// `pre_request`: what to do with one request. Policy errors block (fail closed) with the
     /// reason; every decision is audited.
     pub async fn decide(&self, facts: &QueryFacts) -> Decision {
+        if let Some(why) = self.outside_grant(|s| s.covers_query(facts.query_type)) {
+            return self.deny(facts, &why).await;
+        }
         let decision = self.evaluate(Stage::PreRequest, Some(facts), None);
         if decision.is_block() {
             self.blocked.fetch_add(1, Ordering::Relaxed);
@@ -354,6 +357,30 @@ impl Session {
         self.audit_decision(Stage::PreRequest, &decision, Some(facts))
             .await;
         decision
+    }
+
+    /// Why a request is outside every active grant of a resource that needs one (`None`:
+    /// covered, or the resource needs no grant). Grants may have been narrowed by scopes
+    /// (`{"operation": "read"}`); the check is per request, so a grant approved or revoked
+    /// mid-session counts from the next request on.
+    fn outside_grant(&self, covered: impl Fn(&gate_core::GrantScope) -> bool) -> Option<String> {
+        let scopes = self
+            .pipeline
+            .grant_scopes(&self.identity.name, &self.resource)?;
+        if scopes.iter().any(covered) {
+            return None;
+        }
+        let held: Vec<String> = scopes.iter().map(|s| s.describe()).collect();
+        Some(if held.is_empty() {
+            format!("your access grant for {} has ended", self.resource.name)
+        } else {
+            format!(
+                "your access grant for {} covers only: {}; request wider access with gate access request --resource {}",
+                self.resource.name,
+                held.join(", "),
+                self.resource.name
+            )
+        })
     }
 
     /// A request the handler refuses by itself because it would bypass the gateway (a
@@ -370,7 +397,15 @@ impl Session {
     /// forwarding request): policy sees it under its protocol key (`input.ssh`). Errors
     /// block (fail closed); every decision is audited.
     pub async fn decide_request(&self, facts: &RequestFacts) -> Decision {
-        let decision = self.evaluate_input(Stage::PreRequest, |base| base.with(facts));
+        let covered = |s: &gate_core::GrantScope| match facts {
+            RequestFacts::Query(q) => s.covers_query(q.query_type),
+            // Narrow scopes name database or MCP operations; none covers a shell.
+            RequestFacts::Ssh(_) => s.is_everything(),
+        };
+        let decision = match self.outside_grant(covered) {
+            Some(why) => Decision::block(why),
+            None => self.evaluate_input(Stage::PreRequest, |base| base.with(facts)),
+        };
         if decision.is_block() {
             self.blocked.fetch_add(1, Ordering::Relaxed);
         }

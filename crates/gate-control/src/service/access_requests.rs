@@ -151,6 +151,8 @@ pub async fn create_access_request(
 ) -> ServiceResult<AccessRequest> {
     let (org, requester) = caller.acting_identity(&input.requester)?;
     input.requester = requester;
+    gate_core::GrantScope::from_json(&input.scopes)
+        .map_err(|e| ServiceError::invalid(format!("scopes: {e}")))?;
     let requester = ctl
         .store()
         .get_identity_by_name(org, &input.requester)
