@@ -15,37 +15,51 @@ pub fn write_list(
     all: &[RecordingIndex],
     color: bool,
 ) -> std::io::Result<()> {
-    let rows: Vec<[String; 8]> = all.iter().map(row).collect();
-    let mut widths = HEADERS.map(|h| h.chars().count());
-    for row in &rows {
+    let rows: Vec<Vec<String>> = all.iter().map(row).collect();
+    // Sizes read best right-aligned.
+    write_table(out, &HEADERS, &rows, color, true)
+}
+
+/// A table: a bold header line (when `color`), then one line per row, columns padded to
+/// their widest cell. The last column is right-aligned when `right_align_last`; no line has
+/// trailing padding.
+pub fn write_table(
+    out: &mut impl Write,
+    headers: &[&str],
+    rows: &[Vec<String>],
+    color: bool,
+    right_align_last: bool,
+) -> std::io::Result<()> {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let header = HEADERS.map(String::from);
+    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
     let (bold, reset) = if color {
         ("\x1b[1m", "\x1b[0m")
     } else {
         ("", "")
     };
     write!(out, "{bold}")?;
-    write_row(out, &header, &widths)?;
+    write_row(out, &header, &widths, right_align_last)?;
     write!(out, "{reset}")?;
     writeln!(out)?;
-    for row in &rows {
-        write_row(out, row, &widths)?;
+    for row in rows {
+        write_row(out, row, &widths, right_align_last)?;
         writeln!(out)?;
     }
     Ok(())
 }
 
-fn row(index: &RecordingIndex) -> [String; 8] {
+fn row(index: &RecordingIndex) -> Vec<String> {
     let user = if index.user.name.is_empty() {
         &index.user.sub
     } else {
         &index.user.name
     };
-    [
+    vec![
         index.recording_id.to_string(),
         index.kind.to_string(),
         sanitize(&index.protocol),
@@ -59,16 +73,16 @@ fn row(index: &RecordingIndex) -> [String; 8] {
 
 fn write_row(
     out: &mut impl Write,
-    cells: &[String; 8],
-    widths: &[usize; 8],
+    cells: &[String],
+    widths: &[usize],
+    right_align_last: bool,
 ) -> std::io::Result<()> {
-    let last = cells.len() - 1;
+    let last = cells.len().saturating_sub(1);
     for (i, (cell, width)) in cells.iter().zip(widths).enumerate() {
-        if i == last {
-            // Sizes read best right-aligned; no trailing padding after them.
-            write!(out, "{cell:>width$}")?;
-        } else {
-            write!(out, "{cell:<width$}  ")?;
+        match (i == last, right_align_last) {
+            (true, true) => write!(out, "{cell:>width$}")?,
+            (true, false) => write!(out, "{cell}")?,
+            (false, _) => write!(out, "{cell:<width$}  ")?,
         }
     }
     Ok(())
@@ -99,6 +113,50 @@ pub fn duration(d: Duration) -> String {
     } else {
         format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)
     }
+}
+
+/// A Unix time in milliseconds as RFC 3339 UTC, to the second.
+pub fn timestamp_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// How far `ms` is from `now_ms`, both Unix milliseconds: `in 59m`, `3m ago`, `now`.
+pub fn relative_ms(ms: i64, now_ms: i64) -> String {
+    let delta = ms - now_ms;
+    let span = approx(Duration::from_millis(delta.unsigned_abs()));
+    if delta.unsigned_abs() < 1000 {
+        "now".to_string()
+    } else if delta > 0 {
+        format!("in {span}")
+    } else {
+        format!("{span} ago")
+    }
+}
+
+/// A duration to one or two units: `45s`, `59m`, `1h05m`, `2d03h`.
+pub fn approx(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => match (s % 3600) / 60 {
+            0 => format!("{}h", s / 3600),
+            m => format!("{}h{m:02}m", s / 3600),
+        },
+        _ => match (s % 86400) / 3600 {
+            0 => format!("{}d", s / 86400),
+            h => format!("{}d{h:02}h", s / 86400),
+        },
+    }
+}
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Recorded strings come from clients and upstreams: control characters are shown escaped
@@ -132,6 +190,34 @@ mod tests {
         assert_eq!(duration(Duration::from_millis(400)), "0.4s");
         assert_eq!(duration(Duration::from_secs(185)), "3m05s");
         assert_eq!(duration(Duration::from_secs(7620)), "2h07m");
+    }
+
+    #[test]
+    fn times_are_absolute_and_relative() {
+        assert_eq!(timestamp_ms(0), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp_ms(1_700_000_000_123), "2023-11-14T22:13:20Z");
+        let now = 1_700_000_000_000;
+        assert_eq!(relative_ms(now + 59 * 60_000 + 30_000, now), "in 59m");
+        assert_eq!(relative_ms(now - 3 * 60_000, now), "3m ago");
+        assert_eq!(relative_ms(now + 300, now), "now");
+        assert_eq!(relative_ms(now + 3_900_000, now), "in 1h05m");
+        assert_eq!(approx(Duration::from_secs(7200)), "2h");
+        assert_eq!(approx(Duration::from_secs(45)), "45s");
+        assert_eq!(approx(Duration::from_secs(2 * 86400 + 3 * 3600)), "2d03h");
+    }
+
+    #[test]
+    fn tables_pad_columns_without_trailing_spaces() {
+        let mut out = Vec::new();
+        let rows = vec![
+            vec!["a".to_string(), "long cell".to_string(), "x".to_string()],
+            vec!["bbb".to_string(), "c".to_string(), "yy".to_string()],
+        ];
+        write_table(&mut out, &["K", "V", "END"], &rows, false, false).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "K    V          END\na    long cell  x\nbbb  c          yy\n"
+        );
     }
 
     #[test]

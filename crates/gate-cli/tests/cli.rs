@@ -143,9 +143,19 @@ fn fixture() -> Fixture {
 }
 
 /// Runs `gate` with `--store` (when given) and no inherited GATE_RECORDINGS.
+/// A config directory that does not exist (so holds no login).
+fn no_login_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("gate-cli-test-no-login-{}", std::process::id()))
+}
+
 fn gate(store: Option<&Path>, args: &[&str], cwd: Option<&Path>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gate"));
+    // Never the developer's own login: a config directory with nothing in it.
     cmd.env_remove("GATE_RECORDINGS")
+        .env_remove("GATE_URL")
+        .env_remove("GATE_TOKEN")
+        .env_remove("GATE_ORG")
+        .env("GATE_CONFIG_DIR", no_login_dir())
         .env_remove("NO_COLOR")
         .stdin(Stdio::null());
     if let Some(store) = store {
@@ -367,7 +377,7 @@ fn errors_have_exit_codes_and_say_what_is_wrong() {
         &["recordings", "play", "ffffffff-0000"],
         None,
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5), "not found");
     assert!(
         stderr(&out).contains("no recording matches \"ffffffff-0000\""),
         "{}",
@@ -375,7 +385,7 @@ fn errors_have_exit_codes_and_say_what_is_wrong() {
     );
 
     let out = gate(Some(f.store()), &["recordings", "download", "nope"], None);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(5), "not found");
 
     // A store that does not exist is a runtime error, not created on the fly.
     let missing = f.store().join("missing");
