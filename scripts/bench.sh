@@ -22,6 +22,8 @@
 #   BENCH_SKIP_BUILD=1       use the existing target/release binaries
 #   BENCH_KEEP=1             keep the temp dir (logs, configs, results) after the run
 #   BENCH_STRICT=1           exit 3 when a target is missed (default: report only)
+#   BENCH_HOLD=1             after set-up, print each target's libpq settings and keep the
+#                            servers running until Ctrl-C (for profiling by hand)
 #   GATE_PG_BINDIR           PostgreSQL programs (default: newest /usr/lib/postgresql/*/bin)
 set -euo pipefail
 
@@ -381,6 +383,11 @@ for t in "${TARGETS[@]}"; do
   [ "$got" = "$SCALE" ] || die "$t: unexpected answer: $got"
 done
 say "all three targets answer; TLS: direct plain TCP (sslmode=disable), pgbouncer and Gate sslmode=require"
+if [ "${BENCH_HOLD:-0}" = 1 ]; then
+  for t in "${TARGETS[@]}"; do say "$t: $(target_env "$t")"; done
+  say "gate-connector pid $CONNECTOR_PID, pgbouncer pid $PGB_PID; holding until Ctrl-C"
+  while :; do sleep 3600; done
+fi
 
 cat <<EOF
 

@@ -90,10 +90,11 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
         );
     }
     let policies = PolicySet::load_files(&policy_refs(&cfg)).context("policies")?;
-    let (audit, audit_writer) = AuditLog::start(
+    let (audit, audit_writer) = AuditLog::start_with_sync(
         JsonlFileSink::new(&cfg.audit.file)
             .with_context(|| format!("audit.file {}", cfg.audit.file.display()))?,
         AUDIT_QUEUE,
+        cfg.audit.sync_interval,
     );
     let recordings = if cfg.recording.enabled {
         let r = Recordings::from_location(&cfg.recording_location()).context("recording")?;

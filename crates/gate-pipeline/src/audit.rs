@@ -14,11 +14,17 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Where audit events end up. Implementations run on a dedicated thread, so they may block.
 pub trait AuditSink: Send + 'static {
-    /// Persists a batch. On error the same batch is offered again later.
+    /// Writes a batch. On error the same batch is offered again later.
     fn write_batch(&mut self, events: &[AuditEvent]) -> std::io::Result<()>;
+
+    /// Forces what was written to stable storage. The writer calls it at most every
+    /// sync interval, before answering a flush, and at close.
+    fn sync(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
-/// Appends events as JSON Lines to a file, syncing data after each batch.
+/// Appends events as JSON Lines to a file; [`AuditSink::sync`] is an fdatasync.
 pub struct JsonlFileSink {
     path: PathBuf,
     file: Option<std::fs::File>,
@@ -60,13 +66,18 @@ impl AuditSink for JsonlFileSink {
             self.buf.push(b'\n');
         }
         let buf = std::mem::take(&mut self.buf);
-        let result = self.open().and_then(|f| {
-            f.write_all(&buf)?;
-            f.sync_data()
-        });
+        let result = self.open().and_then(|f| f.write_all(&buf));
         self.buf = buf;
         if result.is_err() {
             // Reopen next time (the file may have been rotated or the disk remounted).
+            self.file = None;
+        }
+        result
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        let result = self.open().and_then(|f| f.sync_data());
+        if result.is_err() {
             self.file = None;
         }
         result
@@ -104,12 +115,23 @@ const BATCH: usize = 512;
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
 impl AuditLog {
-    /// Starts the background writer thread for `sink`. `capacity` bounds the events in flight.
+    /// Starts the background writer thread for `sink`, syncing every batch.
+    /// `capacity` bounds the events in flight.
     pub fn start(sink: impl AuditSink, capacity: usize) -> (AuditLog, AuditWriter) {
+        Self::start_with_sync(sink, capacity, Duration::ZERO)
+    }
+
+    /// Like [`AuditLog::start`], forcing written events to disk at most every
+    /// `sync_interval` (and whenever a flush or close asks for it).
+    pub fn start_with_sync(
+        sink: impl AuditSink,
+        capacity: usize,
+        sync_interval: Duration,
+    ) -> (AuditLog, AuditWriter) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let thread = std::thread::Builder::new()
             .name("gate-audit".into())
-            .spawn(move || writer_loop(sink, rx))
+            .spawn(move || writer_loop(sink, rx, sync_interval))
             .expect("spawn audit writer thread");
         (
             AuditLog { tx },
@@ -158,11 +180,50 @@ impl AuditWriter {
     }
 }
 
-fn writer_loop(mut sink: impl AuditSink, mut rx: mpsc::Receiver<Msg>) {
+/// Retries `op` with backoff until it succeeds: an audit event is never given up on.
+fn until_ok(what: &str, pending: usize, mut op: impl FnMut() -> std::io::Result<()>) {
+    let mut backoff = Duration::from_millis(50);
+    while let Err(e) = op() {
+        tracing::error!(error = %e, pending, "audit sink {what} failed; retrying");
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn writer_loop(mut sink: impl AuditSink, mut rx: mpsc::Receiver<Msg>, sync_interval: Duration) {
     let mut batch: Vec<AuditEvent> = Vec::with_capacity(BATCH);
     let mut waiters = Vec::new();
     let mut closing = false;
-    while let Some(first) = rx.blocking_recv() {
+    // When written events last reached the disk, and whether some since have not.
+    let mut synced_at = std::time::Instant::now();
+    let mut unsynced = false;
+    loop {
+        let first = if unsynced {
+            // Something awaits its sync: keep looking for events, and sync when due even
+            // if none come.
+            match rx.try_recv() {
+                Ok(msg) => msg,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if synced_at.elapsed() >= sync_interval {
+                        until_ok("sync", 0, || sink.sync());
+                        synced_at = std::time::Instant::now();
+                        unsynced = false;
+                    } else {
+                        std::thread::sleep(BATCH_WINDOW);
+                    }
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    until_ok("sync", 0, || sink.sync());
+                    return;
+                }
+            }
+        } else {
+            match rx.blocking_recv() {
+                Some(msg) => msg,
+                None => return,
+            }
+        };
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
@@ -174,16 +235,15 @@ fn writer_loop(mut sink: impl AuditSink, mut rx: mpsc::Receiver<Msg>) {
                 next = rx.try_recv().ok();
             }
         }
-        let mut backoff = Duration::from_millis(50);
-        while !batch.is_empty() {
-            match sink.write_batch(&batch) {
-                Ok(()) => batch.clear(),
-                Err(e) => {
-                    tracing::error!(error = %e, pending = batch.len(), "audit sink write failed; retrying");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
+        if !batch.is_empty() {
+            until_ok("write", batch.len(), || sink.write_batch(&batch));
+            batch.clear();
+            unsynced = true;
+        }
+        if unsynced && (closing || !waiters.is_empty() || synced_at.elapsed() >= sync_interval) {
+            until_ok("sync", 0, || sink.sync());
+            synced_at = std::time::Instant::now();
+            unsynced = false;
         }
         for w in waiters.drain(..) {
             let _ = w.send(());
@@ -234,6 +294,58 @@ mod tests {
         log.flush().await;
         let got: Vec<_> = mem.0.lock().unwrap().iter().map(|e| e.id).collect();
         assert_eq!(got, ids);
+        drop(log);
+        writer.join().await;
+    }
+
+    /// Counts writes and syncs, and how many events were written when each sync happened.
+    #[derive(Clone, Default)]
+    struct SyncCounter(std::sync::Arc<std::sync::Mutex<(usize, Vec<usize>)>>);
+
+    impl AuditSink for SyncCounter {
+        fn write_batch(&mut self, events: &[AuditEvent]) -> std::io::Result<()> {
+            self.0.lock().unwrap().0 += events.len();
+            Ok(())
+        }
+        fn sync(&mut self) -> std::io::Result<()> {
+            let mut g = self.0.lock().unwrap();
+            let written = g.0;
+            g.1.push(written);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn syncs_are_spaced_but_never_skipped() {
+        let sink = SyncCounter::default();
+        let (log, writer) = AuditLog::start_with_sync(sink.clone(), 64, Duration::from_millis(300));
+        // A burst: written in several batches, synced far fewer times.
+        for _ in 0..50 {
+            log.emit(AuditEvent::new(AuditKind::PolicyDecision)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // With no further events, the last ones still reach the disk within the interval.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (written, syncs) = sink.0.lock().unwrap().clone();
+            if written == 50 && syncs.last() == Some(&50) {
+                assert!(
+                    syncs.len() <= 3,
+                    "synced {} times for one burst",
+                    syncs.len()
+                );
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never synced: {syncs:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A flush means on disk: it syncs at once.
+        log.emit(AuditEvent::new(AuditKind::SessionEnd)).await;
+        log.flush().await;
+        assert_eq!(sink.0.lock().unwrap().1.last(), Some(&51));
         drop(log);
         writer.join().await;
     }
