@@ -21,6 +21,11 @@
 #   recordings with; into a venv under .data/ like moto. The script prints where it is;
 #   gate-test-support finds it as GATE_ASCIINEMA, .data/asciinema-venv/bin/asciinema, or
 #   `asciinema` on PATH.
+# - the Python `standardwebhooks` package (the Standard Webhooks reference library), which
+#   the webhook tests' receiver verifies Gate's signatures with, independently of Gate's own
+#   code: always into a venv, .data/webhooks-venv. gate-test-support finds the Python as
+#   GATE_WEBHOOKS_PYTHON, .data/webhooks-venv/bin/python, or a `python3` on PATH that can
+#   import it.
 # Idempotent: on a machine that already has everything it only reports what it found.
 # Debian/Ubuntu; needs root (or passwordless sudo) only when something must be installed.
 set -euo pipefail
@@ -116,6 +121,19 @@ find_asciinema() {
   return 1
 }
 
+# A Python that can import standardwebhooks, as gate-test-support looks for it:
+# GATE_WEBHOOKS_PYTHON, the venv this script makes, then `python3` on PATH.
+webhooks_venv=.data/webhooks-venv
+find_webhooks_python() {
+  local p
+  for p in "${GATE_WEBHOOKS_PYTHON:-}" "$webhooks_venv/bin/python" "$(command -v python3 2>/dev/null || true)"; do
+    if [ -n "$p" ] && [ -x "$p" ] && "$p" -c 'import standardwebhooks.webhooks' >/dev/null 2>&1; then
+      echo "$p"; return 0
+    fi
+  done
+  return 1
+}
+
 mariadb_jar=/usr/share/java/mariadb-java-client.jar
 
 # Collect every missing Debian package first: one `apt-get update`, one `apt-get install`.
@@ -197,7 +215,8 @@ fi
 
 # --- Python: moto's venv needs `python3 -m venv`, which on Debian needs python3-venv (it
 # ships ensurepip) ---
-if command -v python3 >/dev/null 2>&1 && { ! find_moto >/dev/null || ! find_asciinema >/dev/null; } \
+if command -v python3 >/dev/null 2>&1 \
+  && { ! find_moto >/dev/null || ! find_asciinema >/dev/null || ! find_webhooks_python >/dev/null; } \
   && python_externally_managed && ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
   add_missing python3-venv
 fi
@@ -344,6 +363,21 @@ else
   hash -r
   asciinema=$(find_asciinema) || { say "asciinema installed but not found on PATH (set GATE_ASCIINEMA to it)"; exit 1; }
   say "installed: asciinema: $asciinema"
+fi
+
+# --- Python: standardwebhooks, the independent signature check of the webhook tests ---
+if webhooks_python=$(find_webhooks_python); then
+  say "standardwebhooks: found ($webhooks_python)"
+elif ! command -v python3 >/dev/null 2>&1; then
+  say "python3: not found; the webhook tests need it with standardwebhooks (pip install standardwebhooks)"
+  exit 1
+else
+  say "standardwebhooks: missing -> python3 -m venv $webhooks_venv; pip install 'standardwebhooks>=1.0,<2' there"
+  mkdir -p "$(dirname "$webhooks_venv")"
+  [ -x "$webhooks_venv/bin/python" ] || python3 -m venv "$webhooks_venv"
+  "$webhooks_venv/bin/python" -m pip install --quiet --disable-pip-version-check 'standardwebhooks>=1.0,<2'
+  webhooks_python=$(find_webhooks_python) || { say "standardwebhooks installed but $webhooks_venv/bin/python cannot import it"; exit 1; }
+  say "installed: standardwebhooks $("$webhooks_venv/bin/python" -c 'import importlib.metadata as m; print(m.version("standardwebhooks"))') in $webhooks_venv"
 fi
 
 # --- Node: mysql2 in tests/node/ (a project-local install; node_modules is not committed) ---

@@ -32,6 +32,9 @@ pub struct ControlConfig {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Slack approvals for access requests (see `docs/slack-jit-approvals.md`).
+    #[serde(default)]
+    pub slack: Option<crate::slack::SlackConfig>,
 }
 
 /// A secret read from the config. `Debug` never prints it, so a logged config is safe.
@@ -90,14 +93,112 @@ pub struct DeliveryConfig {
     /// Webhook deliveries that exhausted their retries are written here.
     #[serde(default = "default_dead_letter_dir")]
     pub dead_letter_dir: PathBuf,
+    /// Waits between a failed webhook attempt and the next one (`[5s, 5m, …]`): one attempt
+    /// at once, then one more per entry; after the last the delivery is dead-lettered.
+    #[serde(default = "default_retry_schedule", deserialize_with = "duration_list")]
+    pub retry_schedule: Vec<Duration>,
+    /// How long one webhook request may take (connect to last body byte).
+    #[serde(default = "default_delivery_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// How often the delivery worker looks for due deliveries when nothing woke it (new
+    /// events wake it at once; retries and redeliveries wait for this).
+    #[serde(default = "default_poll_interval", deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    /// Webhook requests in flight at once, over all endpoints.
+    #[serde(default = "default_max_concurrency", deserialize_with = "number")]
+    pub max_concurrency: u32,
+    /// How long delivered deliveries stay listed (dead ones stay until redelivered or
+    /// their endpoint is deleted).
+    #[serde(default = "default_delivered_retention", deserialize_with = "duration")]
+    pub delivered_retention: Duration,
 }
 
 impl Default for DeliveryConfig {
     fn default() -> Self {
         DeliveryConfig {
             dead_letter_dir: default_dead_letter_dir(),
+            retry_schedule: default_retry_schedule(),
+            timeout: default_delivery_timeout(),
+            poll_interval: default_poll_interval(),
+            max_concurrency: default_max_concurrency(),
+            delivered_retention: default_delivered_retention(),
         }
     }
+}
+
+/// The Standard Webhooks reference schedule (Svix's): 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
+/// 10 h — eight attempts over about 28 hours.
+fn default_retry_schedule() -> Vec<Duration> {
+    [5, 300, 1800, 7200, 18_000, 36_000, 36_000]
+        .into_iter()
+        .map(Duration::from_secs)
+        .collect()
+}
+fn default_delivery_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_concurrency() -> u32 {
+    16
+}
+fn default_delivered_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+/// Most entries in `delivery.retry_schedule`.
+pub const MAX_RETRY_SCHEDULE: usize = 20;
+
+impl DeliveryConfig {
+    fn validate(&self, errors: &mut Vec<ConfigError>) {
+        let mut err = |path: &str, message: &str| {
+            errors.push(ConfigError {
+                path: format!("delivery.{path}"),
+                message: message.to_string(),
+            })
+        };
+        if self.retry_schedule.len() > MAX_RETRY_SCHEDULE {
+            err(
+                "retry_schedule",
+                &format!("at most {MAX_RETRY_SCHEDULE} retries"),
+            );
+        }
+        if self
+            .retry_schedule
+            .iter()
+            .any(|d| *d > Duration::from_secs(7 * 24 * 3600))
+        {
+            err("retry_schedule", "a wait may be at most 7d");
+        }
+        if self.timeout.is_zero() || self.timeout > Duration::from_secs(300) {
+            err("timeout", "must be between 1ms and 5m");
+        }
+        if self.poll_interval.is_zero() || self.poll_interval > Duration::from_secs(3600) {
+            err("poll_interval", "must be between 1ms and 1h");
+        }
+        if !(1..=1024).contains(&self.max_concurrency) {
+            err("max_concurrency", "must be between 1 and 1024");
+        }
+        if self.delivered_retention < Duration::from_secs(60) {
+            err("delivered_retention", "must be at least 1m");
+        }
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(s.trim()).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+}
+
+fn duration_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            humantime::parse_duration(s.trim())
+                .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -281,6 +382,10 @@ impl ControlConfig {
         if self.audit.purge_interval.is_some_and(|i| i.is_zero()) {
             err("audit.purge_interval", "must be greater than 0".to_string());
         }
+        self.delivery.validate(&mut errors);
+        if let Some(slack) = &self.slack {
+            slack.validate(&mut errors);
+        }
         errors
     }
 }
@@ -320,6 +425,41 @@ audit: {retention: 90d}
         assert_eq!(c.audit.retention, Some(Duration::from_secs(90 * 24 * 3600)));
         assert_eq!(c.audit.purge_interval(), DEFAULT_PURGE_INTERVAL);
         assert!(!format!("{c:?}").contains("k3y"));
+    }
+
+    #[test]
+    fn delivery_settings_parse_and_are_checked() {
+        let base = "listen_addr: \"127.0.0.1:0\"\ndatabase: {dsn: \"sqlite::memory:\"}\n";
+        let c = ControlConfig::from_yaml_str(base, &env).unwrap();
+        assert_eq!(c.delivery.retry_schedule.len(), 7);
+        assert_eq!(c.delivery.retry_schedule[0], Duration::from_secs(5));
+        assert_eq!(c.delivery.timeout, Duration::from_secs(10));
+        let c = ControlConfig::from_yaml_str(
+            &format!(
+                "{base}delivery: {{retry_schedule: [100ms, 2s], timeout: 3s, poll_interval: 50ms, max_concurrency: 2}}\n"
+            ),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.delivery.retry_schedule,
+            [Duration::from_millis(100), Duration::from_secs(2)]
+        );
+        assert_eq!(c.delivery.poll_interval, Duration::from_millis(50));
+        assert_eq!(c.delivery.max_concurrency, 2);
+        let errs = ControlConfig::from_yaml_str(
+            &format!("{base}delivery: {{timeout: 0s, max_concurrency: 0}}\n"),
+            &env,
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["delivery.timeout", "delivery.max_concurrency"]);
+        let errs = ControlConfig::from_yaml_str(
+            &format!("{base}delivery: {{retry_schedule: [5s, soon]}}\n"),
+            &env,
+        )
+        .unwrap_err();
+        assert!(errs[0].message.contains("soon"), "{errs:?}");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! | `GET /api/v1/audit`; `GET /api/v1/audit/export?format=json\|csv` | audit |
 //! | `GET, POST /api/v1/access-requests`; `GET …/{id}`; `POST …/{id}/approve\|deny\|cancel\|revoke` | access requests |
 //! | `GET, PUT /api/v1/approval-rules` | approval rules |
+//! | `GET, POST /api/v1/webhooks`; `GET, PATCH, DELETE …/{id}`; `POST …/{id}/rotate-secret`; `GET …/{id}/deliveries[/{delivery_id}]`; `POST …/{id}/deliveries/{delivery_id}/redeliver` | signed webhooks (`webhooks::http`) |
 //!
 //! Access requests name the acting identity in the body (`requester` on create,
 //! `approver` on decisions — the requester on cancel): API keys are not identities yet, so
@@ -124,6 +125,7 @@ fn api() -> Router<Arc<Control>> {
             "/approval-rules",
             get(get_approval_rules).put(set_approval_rules),
         )
+        .merge(crate::webhooks::http::routes())
         .fallback(|| async { ServiceError::NotFound("no such API route".into()) })
 }
 

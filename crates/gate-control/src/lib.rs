@@ -15,6 +15,10 @@
 //! - [`retention`]: the background job that purges audit older than `audit.retention`.
 //! - [`events`]: what happened (access transitions, sessions, policy blocks), published to
 //!   the integrations registered as [`events::EventSink`]s (webhooks, Slack).
+//! - [`slack`]: Slack approvals — access requests posted with Approve/Deny buttons, clicks
+//!   at `/integrations/slack/actions`, messages kept up to date, requesters notified.
+//! - [`webhooks`]: signed webhooks (Standard Webhooks) — events queued durably per
+//!   endpoint, sent by a background worker with retries, dead letters and redelivery.
 //!
 //! Other surfaces (the web UI) plug in as extra axum routes through
 //! [`server::Surfaces::with_http_routes`], calling the same service functions.
@@ -31,6 +35,8 @@ pub mod metrics;
 pub mod retention;
 pub mod server;
 pub mod service;
+pub mod slack;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -119,6 +119,7 @@ pub fn area_of(path: &str) -> &'static str {
             "connectors" | "registration-tokens" | "registration_tokens" => "connectors",
             "audit" => "audit",
             "access-requests" | "approval-rules" => "access",
+            "webhooks" => "webhooks",
             "whoami" => "auth",
             _ => "other",
         };

@@ -120,6 +120,10 @@ pub struct Running {
     retention: Option<JoinHandle<()>>,
     /// The access-request expiry sweep.
     access_expiry: JoinHandle<()>,
+    /// The signed-webhook delivery worker.
+    webhooks: JoinHandle<()>,
+    /// The Slack approvals worker, when `slack` is configured.
+    slack: Option<JoinHandle<()>>,
 }
 
 impl Running {
@@ -140,6 +144,11 @@ impl Running {
         let _ = self.task.await;
         // A purge in progress finishes first: the store must not close under it.
         let _ = self.access_expiry.await;
+        // Webhook attempts in flight finish (or are abandoned after a short drain).
+        let _ = self.webhooks.await;
+        if let Some(slack) = self.slack {
+            let _ = slack.await;
+        }
         if let Some(retention) = self.retention {
             let _ = retention.await;
         }
@@ -228,8 +237,13 @@ pub async fn start_with(
             }
         }
     }
+    // Before the listener: an event published by the first request is queued already.
+    let webhooks = crate::webhooks::start(ctl.clone(), &cfg.delivery)?;
+    // Slack authenticates its requests by signature: its route is not behind the API keys.
+    let slack = crate::slack::start(ctl.clone(), cfg.slack.as_ref())?;
     let surfaces = Surfaces::new(ctl.clone())
         .with_http_routes(crate::mcp::router(ctl.clone()))
+        .with_http_routes(slack.routes)
         .with_http_routes(extra_routes(ctl.clone()));
     let listener = TcpListener::bind(&cfg.listen_addr)
         .await
@@ -254,6 +268,8 @@ pub async fn start_with(
         task,
         retention,
         access_expiry,
+        webhooks,
+        slack: slack.worker,
     })
 }
 

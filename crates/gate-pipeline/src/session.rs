@@ -169,6 +169,8 @@ pub struct Session {
     errors: AtomicU64,
     /// Per (stage, action) histograms, resolved once per session instead of per request.
     eval_histograms: [[OnceLock<Histogram>; 5]; 3],
+    /// Per (stage, action) decision counters, resolved once per session likewise.
+    decision_counters: [[OnceLock<prometheus::IntCounter>; 5]; 3],
     request_histogram: Histogram,
     /// Set (with the reason) when an operator ends the session.
     termination: Option<tokio::sync::watch::Receiver<Option<String>>>,
@@ -243,6 +245,7 @@ impl Pipeline {
             blocked: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             eval_histograms: Default::default(),
+            decision_counters: Default::default(),
             request_histogram: self.metrics.request_duration.with_label_values(&labels),
             termination: None,
             dry_runs: Default::default(),
@@ -698,15 +701,15 @@ impl Session {
         request: Option<(&str, &str)>,
     ) {
         self.audit_dry_runs(request).await;
-        self.pipeline
-            .metrics
-            .decisions
-            .with_label_values(&[
-                self.client.protocol.as_str(),
-                self.resource.name.as_str(),
-                stage.as_str(),
-                decision.action.as_str(),
-            ])
+        self.decision_counters[stage_index(stage)][action_index(decision.action)]
+            .get_or_init(|| {
+                self.pipeline.metrics.decisions.with_label_values(&[
+                    self.client.protocol.as_str(),
+                    self.resource.name.as_str(),
+                    stage.as_str(),
+                    decision.action.as_str(),
+                ])
+            })
             .inc();
         self.pipeline
             .audit
@@ -803,6 +806,7 @@ impl Drop for Session {
                 blocked: AtomicU64::new(self.blocked.load(Ordering::Relaxed)),
                 errors: AtomicU64::new(self.errors.load(Ordering::Relaxed)),
                 eval_histograms: Default::default(),
+                decision_counters: Default::default(),
                 request_histogram: self.request_histogram.clone(),
                 termination: None,
                 dry_runs: Default::default(),

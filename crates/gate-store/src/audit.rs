@@ -105,15 +105,15 @@ fn audit_row(event: &Value, index: usize) -> Result<AuditRow> {
     })
 }
 
-/// Inserts rows, skipping ids the org already has; returns how many were new.
+/// Inserts rows, skipping ids the org already has; returns the ids that were new.
 async fn insert_rows(
     conn: &mut AnyConnection,
     org: OrgId,
     connector_id: Option<Uuid>,
     rows: &[AuditRow],
-) -> Result<u64> {
+) -> Result<Vec<Uuid>> {
     let received_at = now_ms();
-    let mut inserted = 0;
+    let mut inserted = Vec::new();
     for chunk in rows.chunks(INSERT_CHUNK) {
         let mut sql = format!("INSERT INTO audit_events ({AUDIT_COLS}) VALUES ");
         for i in 0..chunk.len() {
@@ -131,7 +131,7 @@ async fn insert_rows(
         }
         // Duplicates (redeliveries, or repeats inside the batch) are skipped by the
         // primary key, not by a prior SELECT: that is race-free under concurrency.
-        sql.push_str(" ON CONFLICT (org_id, id) DO NOTHING");
+        sql.push_str(" ON CONFLICT (org_id, id) DO NOTHING RETURNING id");
         // The SQL is built from constants and placeholder numbers only.
         // Keep prepared statements for the shapes that recur (full chunks, single events),
         // not for every odd tail size, so the per-connection statement cache stays useful.
@@ -152,7 +152,18 @@ async fn insert_rows(
                 .bind(received_at)
                 .bind(row.event.clone());
         }
-        inserted += query.execute(&mut *conn).await?.rows_affected();
+        let ids: Vec<String> = query
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| r.text("id"))
+            .collect::<Result<_>>()?;
+        for id in ids {
+            inserted.push(
+                Uuid::parse_str(&id)
+                    .map_err(|e| StoreError::Invalid(format!("stored id {id:?}: {e}")))?,
+            );
+        }
     }
     Ok(inserted)
 }
@@ -247,6 +258,19 @@ impl Store {
         connector_id: Option<Uuid>,
         events: &[Value],
     ) -> Result<IngestResult> {
+        self.ingest_audit_new_ids(org, connector_id, events)
+            .await
+            .map(|(result, _)| result)
+    }
+
+    /// [`Store::ingest_audit`], also returning the ids of the events stored now (not the
+    /// duplicates), for acting on each event once however often it is shipped.
+    pub async fn ingest_audit_new_ids(
+        &self,
+        org: OrgId,
+        connector_id: Option<Uuid>,
+        events: &[Value],
+    ) -> Result<(IngestResult, Vec<Uuid>)> {
         let rows = events
             .iter()
             .enumerate()
@@ -265,12 +289,16 @@ impl Store {
                 return Err(StoreError::not_found(format!("connector {connector}")));
             }
         }
-        let inserted = insert_rows(&mut tx, org, connector_id, &rows).await?;
+        let new_ids = insert_rows(&mut tx, org, connector_id, &rows).await?;
         tx.commit().await?;
-        Ok(IngestResult {
-            inserted,
-            duplicates: rows.len() as u64 - inserted,
-        })
+        let inserted = new_ids.len() as u64;
+        Ok((
+            IngestResult {
+                inserted,
+                duplicates: (rows.len() as u64).saturating_sub(inserted),
+            },
+            new_ids,
+        ))
     }
 
     /// Records an administrative change (`kind = "admin_change"`) in the audit trail:

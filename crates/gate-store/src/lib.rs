@@ -56,6 +56,9 @@
 //! | `audit_events` | `(org_id, id)` | event id = dedup key; indexed columns + full JSON |
 //! | `access_requests` | `(org_id, id)` | JIT access requests and grants; guarded transitions |
 //! | `approval_rules` | `org_id` | the org's approval rules as one JSON document |
+//! | `webhook_endpoints` | `(org_id, id)` | signed-webhook receivers: URL, event filter, signing secrets (plain: needed to sign) |
+//! | `webhook_deliveries` | `(org_id, id)` | one per (endpoint, event): the durable delivery queue and its history |
+//! | `slack_messages` | `(org_id, access_request_id)` | where each request's Slack approval message is |
 //!
 //! # Isolation between orgs
 //!
@@ -71,6 +74,10 @@
 //! API keys (`gk_…`), registration tokens (`gr_…`) and connector credentials (`gc_…`) are 32
 //! random bytes, base64url. They are returned once and stored only as SHA-256 hex, looked
 //! up by digest and compared in full (constant time) before being accepted.
+//!
+//! The exception is webhook signing secrets (`whsec_…`): signing needs them in plain text,
+//! so `webhook_endpoints` stores them as they are (see the `webhooks` module). They too are
+//! returned only when created or rotated, never listed or logged.
 //!
 //! # Config revision
 //!
@@ -98,7 +105,9 @@ mod error;
 mod model;
 mod orgs;
 mod policies;
+mod slack;
 pub mod time;
+mod webhooks;
 
 pub use api_keys::API_KEY_PREFIX;
 pub use connectors::{
@@ -109,6 +118,11 @@ pub use error::{RedeemError, Result, StoreError};
 /// policy applies to.
 pub use gate_core::glob::glob_match as target_matches;
 pub use model::*;
+pub use slack::SlackMessage;
+pub use webhooks::{
+    DeliveryOutcome, DeliveryStatus, WEBHOOK_SECRET_PREFIX, WebhookDelivery, WebhookEndpoint,
+    WebhookEndpointInput, WebhookEndpointUpdate, WebhookSecrets,
+};
 
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
@@ -130,6 +144,12 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "identity_tokens",
         include_str!("../migrations/0003_identity_tokens.sql"),
     ),
+    (
+        4,
+        "webhooks",
+        include_str!("../migrations/0004_webhooks.sql"),
+    ),
+    (5, "slack", include_str!("../migrations/0005_slack.sql")),
 ];
 
 /// How to reach the database. `Debug` hides the URL's password, so options can be logged.

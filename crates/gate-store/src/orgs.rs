@@ -40,6 +40,10 @@ const ORG_CONTENTS: &[(&str, &str)] = &[
         "connectors",
         "SELECT COUNT(*) FROM connectors WHERE org_id = $1 AND deregistered_at IS NULL",
     ),
+    (
+        "webhook endpoints",
+        "SELECT COUNT(*) FROM webhook_endpoints WHERE org_id = $1",
+    ),
 ];
 
 impl Store {

@@ -136,6 +136,7 @@ both_backends!(
     access_concurrent_approve_and_deny,
     access_expiry_and_grants_in_snapshot,
     approval_rules,
+    webhooks,
 );
 
 fn resource(name: &str) -> ResourceInput {
@@ -1787,4 +1788,295 @@ async fn approval_rules(db: TestDb) {
         Err(StoreError::Invalid(_))
     ));
     assert!(is_not_found(s.get_approval_rules(OrgId::new()).await));
+}
+
+fn webhook_input(url: &str, events: Option<&[&str]>) -> WebhookEndpointInput {
+    WebhookEndpointInput {
+        url: url.into(),
+        description: "test receiver".into(),
+        events: events.map(|e| e.iter().map(|s| s.to_string()).collect()),
+    }
+}
+
+async fn webhooks(db: TestDb) {
+    let s = &db.store;
+    let org = s.create_org("acme").await.unwrap().id;
+    let other = s.create_org("other").await.unwrap().id;
+
+    // Create: the secret is returned once, in the Standard Webhooks shape, and never shown by
+    // the endpoint itself.
+    let (ep, secret) = s
+        .create_webhook_endpoint(org, &webhook_input("https://hooks.example/a", None))
+        .await
+        .unwrap();
+    assert!(secret.starts_with(WEBHOOK_SECRET_PREFIX), "{secret}");
+    assert_eq!(ep.events, ["*"]);
+    assert!(!ep.disabled);
+    let shown = serde_json::to_string(&s.list_webhook_endpoints(org).await.unwrap()).unwrap();
+    assert!(!shown.contains(&secret[6..]), "{shown}");
+    assert!(matches!(
+        s.create_webhook_endpoint(org, &webhook_input("", None))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        s.create_webhook_endpoint(org, &webhook_input("https://x", Some(&[])))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    let (ep2, secret2) = s
+        .create_webhook_endpoint(
+            org,
+            &webhook_input("https://hooks.example/b", Some(&["access.approved"])),
+        )
+        .await
+        .unwrap();
+    assert_ne!(secret, secret2);
+    let (_url, disabled, keys) = s.webhook_target(org, ep.id, now()).await.unwrap();
+    assert!(!disabled);
+    assert_eq!(keys.current, secret);
+    assert_eq!(keys.previous, None);
+
+    // Another org sees nothing and cannot queue into these endpoints.
+    assert!(is_not_found(s.get_webhook_endpoint(other, ep.id).await));
+    assert!(s.list_webhook_endpoints(other).await.unwrap().is_empty());
+    assert!(is_not_found(s.webhook_target(other, ep.id, now()).await));
+    assert_eq!(
+        s.enqueue_webhook_deliveries(other, &[ep.id], "evt_x", "access.approved", "{}")
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(is_not_found(
+        s.list_webhook_deliveries(other, ep.id, None, 10).await
+    ));
+    assert!(is_not_found(s.delete_webhook_endpoint(other, ep.id).await));
+
+    // Update.
+    let updated = s
+        .update_webhook_endpoint(
+            org,
+            ep2.id,
+            &WebhookEndpointUpdate {
+                events: Some(vec!["access.*".into(), " access.* ".into()]),
+                disabled: Some(true),
+                ..Default::default()
+            },
+            "disabled by api_key:ad",
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.events, ["access.*"]);
+    assert!(updated.disabled);
+    assert_eq!(
+        updated.disabled_reason.as_deref(),
+        Some("disabled by api_key:ad")
+    );
+    assert_eq!(updated.url, "https://hooks.example/b");
+
+    // Queue: once per (endpoint, event), however often it is published.
+    let payload = r#"{"type":"access.approved","timestamp":"t","data":{}}"#;
+    let n = s
+        .enqueue_webhook_deliveries(org, &[ep.id, ep2.id], "evt_1", "access.approved", payload)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let n = s
+        .enqueue_webhook_deliveries(org, &[ep.id, ep2.id], "evt_1", "access.approved", payload)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    // Only deliveries of enabled endpoints are due.
+    let due = s.due_webhook_deliveries(now(), 100).await.unwrap();
+    let mine: Vec<_> = due.iter().filter(|(o, _, _)| *o == org).collect();
+    assert_eq!(mine.len(), 1);
+    let (_, id, due_at) = *mine[0];
+
+    // Claim: exactly one of two claims of the same listing wins.
+    let lease = now() + 60_000;
+    let claimed = s
+        .claim_webhook_delivery(org, id, due_at, lease)
+        .await
+        .unwrap()
+        .expect("claimed");
+    assert_eq!(claimed.attempts, 1);
+    assert_eq!(claimed.event_id, "evt_1");
+    assert_eq!(claimed.payload, payload);
+    assert!(
+        s.claim_webhook_delivery(org, id, due_at, lease)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // While leased it is not due.
+    assert!(
+        !s.due_webhook_deliveries(now(), 100)
+            .await
+            .unwrap()
+            .iter()
+            .any(|(_, d, _)| *d == id)
+    );
+    // A failure with attempts left: due again later; a stale report (wrong attempt) is ignored.
+    let retry_at = now() - 1;
+    let after = s
+        .record_webhook_attempt(
+            &claimed,
+            &DeliveryOutcome::Retry {
+                status: Some(503),
+                error: "HTTP 503".into(),
+                next_attempt_at: retry_at,
+            },
+        )
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(after.status, DeliveryStatus::Pending);
+    assert_eq!(after.last_status, Some(503));
+    assert!(
+        s.record_webhook_attempt(&claimed, &DeliveryOutcome::Delivered { status: 200 })
+            .await
+            .unwrap()
+            .is_none(),
+        "the attempt was recorded already and nobody claimed it again"
+    );
+    let claimed = s
+        .claim_webhook_delivery(org, id, retry_at, now() + 60_000)
+        .await
+        .unwrap()
+        .expect("claimed again");
+    assert_eq!(claimed.attempts, 2);
+    let dead = s
+        .record_webhook_attempt(
+            &claimed,
+            &DeliveryOutcome::Dead {
+                status: None,
+                error: "connection refused".into(),
+            },
+        )
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(dead.status, DeliveryStatus::Dead);
+    assert_eq!(dead.last_status, None);
+    assert_eq!(
+        s.list_webhook_deliveries(org, ep.id, Some(DeliveryStatus::Dead), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        s.list_webhook_deliveries(org, ep.id, Some(DeliveryStatus::Pending), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Redelivery: pending again with a fresh count, same event id; a pending one refuses.
+    let again = s.redeliver_webhook_delivery(org, ep.id, id).await.unwrap();
+    assert_eq!(again.status, DeliveryStatus::Pending);
+    assert_eq!(again.attempts, 0);
+    assert_eq!(again.event_id, "evt_1");
+    assert!(is_conflict(
+        s.redeliver_webhook_delivery(org, ep.id, id).await
+    ));
+    assert!(is_not_found(
+        s.redeliver_webhook_delivery(org, ep2.id, id).await
+    ));
+    assert!(is_not_found(
+        s.redeliver_webhook_delivery(other, ep.id, id).await
+    ));
+    let claimed = s
+        .claim_webhook_delivery(org, id, again.next_attempt_at, now() + 60_000)
+        .await
+        .unwrap()
+        .expect("claimed after redelivery");
+    let delivered = s
+        .record_webhook_attempt(&claimed, &DeliveryOutcome::Delivered { status: 204 })
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(delivered.status, DeliveryStatus::Delivered);
+    assert!(delivered.delivered_at.is_some());
+    assert_eq!(
+        s.get_webhook_delivery(org, ep.id, id).await.unwrap(),
+        delivered
+    );
+    assert!(is_not_found(s.get_webhook_delivery(other, ep.id, id).await));
+
+    // Rotation: the new secret signs, the old one too until the grace period ends; a
+    // rotation without grace drops it.
+    let (rotated, secret_b) = s
+        .rotate_webhook_secret(org, ep.id, 3_600_000)
+        .await
+        .unwrap();
+    assert_ne!(secret_b, secret);
+    assert!(rotated.previous_secret_expires_at.unwrap() > now());
+    let (_, _, keys) = s.webhook_target(org, ep.id, now()).await.unwrap();
+    assert_eq!(keys.current, secret_b);
+    assert_eq!(keys.previous.as_deref(), Some(secret.as_str()));
+    assert!(!format!("{keys:?}").contains(&secret[6..]));
+    // Past the grace period only the current one signs.
+    let (_, _, later) = s
+        .webhook_target(org, ep.id, now() + 3_700_000)
+        .await
+        .unwrap();
+    assert_eq!(later.previous, None);
+    let (_, secret_c) = s.rotate_webhook_secret(org, ep.id, 0).await.unwrap();
+    let (_, _, keys) = s.webhook_target(org, ep.id, now()).await.unwrap();
+    assert_eq!(keys.current, secret_c);
+    assert_eq!(keys.previous, None);
+    assert!(is_not_found(s.rotate_webhook_secret(other, ep.id, 0).await));
+
+    // 410 Gone disables once.
+    assert!(
+        s.disable_webhook_endpoint(org, ep.id, "receiver answered 410 Gone")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.disable_webhook_endpoint(org, ep.id, "again")
+            .await
+            .unwrap()
+    );
+    let (_, disabled, _) = s.webhook_target(org, ep.id, now()).await.unwrap();
+    assert!(disabled);
+
+    // Retention removes old delivered rows only.
+    s.enqueue_webhook_deliveries(org, &[ep.id], "evt_2", "access.denied", payload)
+        .await
+        .unwrap();
+    assert!(s.purge_webhook_deliveries(now() + 1000).await.unwrap() >= 1);
+    let left = s
+        .list_webhook_deliveries(org, ep.id, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].event_id, "evt_2");
+
+    // An org with endpoints cannot be deleted; deleting an endpoint deletes its deliveries.
+    assert!(is_conflict(s.delete_org(org).await));
+    s.delete_webhook_endpoint(org, ep.id).await.unwrap();
+    s.delete_webhook_endpoint(org, ep2.id).await.unwrap();
+    assert!(is_not_found(s.delete_webhook_endpoint(org, ep.id).await));
+    assert!(is_not_found(
+        s.list_webhook_deliveries(org, ep.id, None, 10).await
+    ));
+    s.delete_org(org).await.unwrap();
+
+    // Audit ingestion says which events are new, so each is acted on once.
+    let batch = events(3, 1_800_000_000_000, "alice", "db");
+    let (first, new_ids) = s.ingest_audit_new_ids(other, None, &batch).await.unwrap();
+    assert_eq!(first.inserted, 3);
+    assert_eq!(new_ids.len(), 3);
+    let mut more = batch.clone();
+    more.extend(events(1, 1_800_000_100_000, "bob", "db"));
+    let (second, new_ids) = s.ingest_audit_new_ids(other, None, &more).await.unwrap();
+    assert_eq!((second.inserted, second.duplicates), (1, 3));
+    assert_eq!(new_ids.len(), 1);
+    assert_eq!(new_ids[0].to_string(), more[3]["id"].as_str().unwrap());
+}
+
+fn now() -> i64 {
+    gate_store::time::now_ms()
 }

@@ -8,6 +8,10 @@
 //!   temp dir), serving TLS too.
 //! - [`certs::TestCerts`]: a CA and a `localhost`/`127.0.0.1` server certificate.
 //! - [`s3::S3Server`]: a local S3-compatible server (moto) for object-store recordings.
+//! - [`webhook_receiver::WebhookReceiver`]: a webhook receiver that verifies Standard
+//!   Webhooks signatures with the Python reference library, and can be told to fail.
+//! - [`slack::FakeSlack`]: a fake Slack Web API (a mock: no real Slack is reachable) that
+//!   records calls and sends signed button clicks, for Slack approvals.
 //! - [`sshd::SshServer`]: a throwaway OpenSSH server (`sshd` on a free port, logging in the
 //!   `gate-ssh-test` user), and blocking `ssh`/`scp`/`sftp` client helpers.
 //! - [`control::ControlPlane`]: the `gate-control` binary with a SQLite store, restartable.
@@ -33,6 +37,9 @@
 //! - `GATE_SSHD`: the `sshd` to run for [`sshd::SshServer`] (default: `PATH`, then `/usr/sbin`).
 //! - `GATE_ASCIINEMA`: the `asciinema` (2.x) program [`sshd::asciinema_binary`] names (default:
 //!   `.data/asciinema-venv/bin/asciinema` in the workspace, then `PATH`).
+//! - `GATE_WEBHOOKS_PYTHON`: a Python with the `standardwebhooks` package for
+//!   [`webhook_receiver::WebhookReceiver`] (default: `.data/webhooks-venv/bin/python` in the
+//!   workspace, then `python3` on `PATH`).
 //! - `GATE_TEST_TMPDIR`: where throwaway servers put their data (default: the system temp dir).
 //! - `GATE_TEST_KEEP=1`: keep throwaway data directories after the tests, for debugging.
 
@@ -42,8 +49,10 @@ pub mod gateway;
 pub mod mariadb;
 pub mod postgres;
 pub mod s3;
+pub mod slack;
 pub mod sshd;
 mod watchdog;
+pub mod webhook_receiver;
 
 use anyhow::{Context, bail};
 use std::collections::{HashMap, HashSet};

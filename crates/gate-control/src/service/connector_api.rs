@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::{record_change, store_error};
 use crate::error::{ServiceError, ServiceResult};
+use crate::events::{Event, EventKind};
 use crate::{Caller, Control};
 
 /// Largest audit batch accepted in one call; connectors send smaller ones.
@@ -213,12 +214,103 @@ pub async fn ship_audit(
     }
     let n = parsed.len() as i64;
     ctl.metrics().audit_backlog.add(n);
-    let result = ctl.store().ingest_audit(org, connector, &parsed).await;
+    let result = ctl
+        .store()
+        .ingest_audit_new_ids(org, connector, &parsed)
+        .await;
     ctl.metrics().audit_backlog.sub(n);
-    let result = result.map_err(store_error)?;
+    let (result, new_ids) = result.map_err(store_error)?;
     ctl.metrics()
         .audit_ingested(result.inserted, result.duplicates);
+    // Sessions and blocks become events once: only for events stored now, not duplicates.
+    if !new_ids.is_empty() {
+        let new_ids: std::collections::HashSet<Uuid> = new_ids.into_iter().collect();
+        for event in &parsed {
+            let is_new = event
+                .get("id")
+                .and_then(|id| id.as_str())
+                .and_then(|id| Uuid::parse_str(id).ok())
+                .is_some_and(|id| new_ids.contains(&id));
+            if is_new && let Some(e) = audit_to_event(org, connector, event) {
+                ctl.publish(e).await;
+            }
+        }
+    }
     Ok(result)
+}
+
+/// The integration event an audit event stands for, if any: `session_start` →
+/// `session.started`, `session_end` → `session.ended`, an enforced `policy_decision` that
+/// blocked → `policy.blocked`. The data is compact and secret-free: who, where, from
+/// where, why — not the statement (it may hold literals; it stays in the audit log, found
+/// by `audit_event_id`).
+pub fn audit_to_event(
+    org: OrgId,
+    connector: Option<Uuid>,
+    event: &serde_json::Value,
+) -> Option<Event> {
+    let text = |key: &str| event.get(key).and_then(|v| v.as_str());
+    let kind = match text("kind")? {
+        "session_start" => EventKind::SessionStarted,
+        "session_end" => EventKind::SessionEnded,
+        "policy_decision"
+            if text("action") == Some("block")
+                && !event
+                    .get("dry_run")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false) =>
+        {
+            EventKind::PolicyBlocked
+        }
+        _ => return None,
+    };
+    let identity = event.get("identity");
+    let field = |v: Option<&serde_json::Value>, key: &str| {
+        v.and_then(|v| v.get(key))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let mut data = json!({
+        "org_id": org,
+        "audit_event_id": text("id"),
+        "session_id": text("session_id"),
+        "identity": field(identity, "name"),
+        "subject": field(identity, "sub"),
+        "resource": text("resource"),
+        "protocol": text("protocol"),
+        "client_addr": text("client_addr"),
+        "connector_id": connector,
+        "time": text("time"),
+    });
+    if let Some(email) = field(identity, "email") {
+        data["email"] = json!(email);
+    }
+    match kind {
+        EventKind::SessionEnded => {
+            data["reason"] = json!(text("reason"));
+            // The session's counters (queries, blocked, errors …): numbers only.
+            if let Some(details) = event.get("details").and_then(|d| d.as_object()) {
+                let summary: serde_json::Map<String, serde_json::Value> = details
+                    .iter()
+                    .filter(|(_, v)| v.is_number())
+                    .take(32)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                data["summary"] = serde_json::Value::Object(summary);
+            }
+        }
+        EventKind::PolicyBlocked => {
+            data["stage"] = json!(text("stage"));
+            data["reason"] = json!(text("reason"));
+            data["query_type"] = json!(text("query_type"));
+        }
+        _ => {}
+    }
+    let mut e = Event::new(org, kind, data);
+    if let Some(at) = text("time").and_then(gate_store::time::parse_rfc3339_ms) {
+        e.at_ms = at;
+    }
+    Some(e)
 }
 
 /// A clean shutdown: the connector shows as disconnected at once. Its credential keeps

@@ -21,6 +21,7 @@ pub mod orgs;
 pub mod policies;
 pub mod recordings;
 pub mod resources;
+pub mod webhooks;
 
 use gate_store::{OrgId, StoreError};
 use uuid::Uuid;
