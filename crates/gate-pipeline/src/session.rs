@@ -350,7 +350,10 @@ impl Session {
     /// `pre_request`: what to do with one request. Policy errors block (fail closed) with the
     /// reason; every decision is audited.
     pub async fn decide(&self, facts: &QueryFacts) -> Decision {
-        if let Some(why) = self.outside_grant(|s| s.covers_query(facts.query_type)) {
+        if let Some(why) = self
+            .outside_grant(|s| s.covers_query(facts.query_type))
+            .await
+        {
             return self.deny(facts, &why).await;
         }
         let decision = self.evaluate(Stage::PreRequest, Some(facts), None);
@@ -365,25 +368,40 @@ impl Session {
     /// Why a request is outside every active grant of a resource that needs one (`None`:
     /// covered, or the resource needs no grant). Grants may have been narrowed by scopes
     /// (`{"operation": "read"}`); the check is per request, so a grant approved or revoked
-    /// mid-session counts from the next request on.
-    fn outside_grant(&self, covered: impl Fn(&gate_core::GrantScope) -> bool) -> Option<String> {
+    /// mid-session counts from the next request on. When no grant is left at all the
+    /// session is ended as the grant sweep would end it ([`Pipeline::enforce_grants`]),
+    /// rather than left open refusing everything.
+    async fn outside_grant(
+        &self,
+        covered: impl Fn(&gate_core::GrantScope) -> bool,
+    ) -> Option<String> {
         let scopes = self
             .pipeline
             .grant_scopes(&self.identity.name, &self.resource)?;
         if scopes.iter().any(covered) {
             return None;
         }
+        if scopes.is_empty() {
+            let why = match self
+                .pipeline
+                .check_grant(&self.identity.name, &self.resource)
+            {
+                Err(why) => why,
+                Ok(()) => format!("your access grant for {} has ended", self.resource.name),
+            };
+            let reason = format!("access grant ended: {why}");
+            self.pipeline
+                .terminate_session(self.id, &reason, "grant check")
+                .await;
+            return Some(reason);
+        }
         let held: Vec<String> = scopes.iter().map(|s| s.describe()).collect();
-        Some(if held.is_empty() {
-            format!("your access grant for {} has ended", self.resource.name)
-        } else {
-            format!(
-                "your access grant for {} covers only: {}; request wider access with gate access request --resource {}",
-                self.resource.name,
-                held.join(", "),
-                self.resource.name
-            )
-        })
+        Some(format!(
+            "your access grant for {} covers only: {}; request wider access with gate access request --resource {}",
+            self.resource.name,
+            held.join(", "),
+            self.resource.name
+        ))
     }
 
     /// A request the handler refuses by itself because it would bypass the gateway (a
@@ -405,7 +423,7 @@ impl Session {
             // Narrow scopes name database or MCP operations; none covers a shell.
             RequestFacts::Ssh(_) => s.is_everything(),
         };
-        let decision = match self.outside_grant(covered) {
+        let decision = match self.outside_grant(covered).await {
             Some(why) => Decision::block(why),
             None => self.evaluate_input(Stage::PreRequest, |base| base.with(facts)),
         };
