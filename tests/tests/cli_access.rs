@@ -243,6 +243,49 @@ fn spawn(env: &Env, who: &str, args: &[&str]) -> Child {
         .expect("gate starts")
 }
 
+/// Starts a waiting `gate`, sends it SIGINT (Ctrl-C) once it says it is waiting, and
+/// returns how it ended.
+#[cfg(unix)]
+fn interrupted(env: &Env, who: &str, args: &[&str]) -> Run {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = spawn(env, who, args);
+    let mut stdout = child.stdout.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        stdout.read_to_end(&mut s).unwrap();
+        s
+    });
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut err = Vec::new();
+    let start = Instant::now();
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).unwrap();
+        err.extend_from_slice(line.as_bytes());
+        if line.contains("waiting for an approver") {
+            break;
+        }
+        assert!(
+            n > 0 && start.elapsed() < Duration::from_secs(30),
+            "gate {args:?} did not start waiting:\n{}",
+            String::from_utf8_lossy(&err)
+        );
+    }
+    // SAFETY: signals the child started above.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
+        0
+    );
+    stderr.read_to_end(&mut err).unwrap();
+    let status = child.wait().unwrap();
+    let output = Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err,
+    };
+    Run::of(output, args, env)
+}
+
 /// Unix milliseconds as RFC 3339 UTC to the second (what the CLI prints).
 fn rfc3339(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
@@ -357,6 +400,46 @@ async fn login_stores_a_private_login_that_logout_removes() {
     }
     let r = finish(child, Duration::from_secs(30), &env, &["login (stdin)"]).ok();
     assert!(r.stdout.contains("identity:bob"), "{}", r.stdout);
+
+    // An existing config directory is used as it is (like $HOME: never chmod-ed); one
+    // others may write to is refused, untouched.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let home = env.dir.path().join("home-like");
+        std::fs::create_dir(&home).unwrap();
+        set(&home, 0o755);
+        let args = [
+            "login",
+            "--url",
+            url.as_str(),
+            "--token",
+            env.alice.as_str(),
+        ];
+        let out = env
+            .cmd("alice", &args)
+            .env("GATE_CONFIG_DIR", &home)
+            .output()
+            .unwrap();
+        Run::of(out, &["login (existing dir)"], &env).ok();
+        assert_eq!(format!("{:o}", mode(&home)), "755");
+        assert_eq!(format!("{:o}", mode(&home.join("config.json"))), "600");
+        let shared = env.dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        set(&shared, 0o777);
+        let out = env
+            .cmd("alice", &args)
+            .env("GATE_CONFIG_DIR", &shared)
+            .output()
+            .unwrap();
+        let r = Run::of(out, &["login (shared dir)"], &env).code(1);
+        assert!(r.stderr.contains("others may write"), "{}", r.stderr);
+        assert_eq!(format!("{:o}", mode(&shared)), "777");
+        assert!(!shared.join("config.json").exists());
+    }
 
     // Logout removes the login; then nothing works until the next login.
     let r = env.run("alice", &["logout"]).ok();
@@ -600,6 +683,14 @@ async fn denials_timeouts_cancellations_and_api_keys() {
         .code(8);
     assert!(started.elapsed() >= Duration::from_secs(2));
     assert!(r.stderr.contains("still pending"), "{}", r.stderr);
+    // Ctrl-C stops waiting the same way: exit 130, the pending request on stdout.
+    #[cfg(unix)]
+    {
+        let args = ["access", "wait", &id, "-o", "json"];
+        let r = interrupted(&env, "alice", &args).code(130);
+        assert_eq!(r.json()["status"], "pending");
+        assert!(r.stderr.contains("stopped waiting"), "{}", r.stderr);
+    }
     // Only the requester may cancel; then waiting ends with 7.
     let r = env.run("bob", &["access", "cancel", &id]).code(4);
     assert!(r.stderr.contains("only the requester"), "{}", r.stderr);

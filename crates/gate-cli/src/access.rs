@@ -12,7 +12,7 @@ use anyhow::Context;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{Client, Exit, encode, exit};
+use crate::api::{Client, Exit, encode, exit, is_broken_pipe};
 use crate::table::{approx, now_ms, relative_ms, sanitize, timestamp_ms, write_table};
 
 /// How often `--wait` asks for the request's state.
@@ -245,7 +245,9 @@ impl Ctx {
             return Ok(exit::OK);
         }
         if self.output == Output::Table {
-            println!(
+            // A reader gone already does not stop the wait (nor change its exit code).
+            let _ = writeln!(
+                std::io::stdout(),
                 "Requested access to {} for {}: request {}.",
                 sanitize(&r.resource),
                 humantime::format_duration(Duration::from_secs(
@@ -272,8 +274,12 @@ impl Ctx {
     }
 
     /// Polls until the request is decided (or ends otherwise), shows the outcome and
-    /// returns its exit code.
+    /// returns its exit code. Ctrl-C or `timeout` stop waiting with the request still
+    /// pending (exit 130 or 8; with `--output json` the pending request is printed).
     async fn wait_for(&self, mut raw: Value, timeout: Option<Duration>) -> anyhow::Result<u8> {
+        // From here on Ctrl-C stops waiting instead of killing the process, also while a
+        // poll hangs on an unresponsive control plane.
+        let mut interrupt = Interrupt::new();
         let started = Instant::now();
         let deadline = timeout.map(|t| started + t);
         let mut r = parse(&raw)?;
@@ -284,21 +290,17 @@ impl Ctx {
         );
         let mut next_poll = Instant::now() + POLL_EVERY;
         let mut trouble: Option<String> = None;
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
         while r.status == "pending" {
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 progress.clear();
-                if self.output == Output::Json {
-                    self.print_json(&raw)?;
-                }
+                let printed = self.print_pending(&raw);
                 eprintln!(
                     "gate: gave up waiting after {}: request {id} is still pending (`gate access \
                      wait {id}` keeps waiting, `gate access cancel {id}` withdraws it)",
                     humantime::format_duration(timeout.unwrap_or_default())
                 );
-                return Ok(exit::TIMED_OUT);
+                return keep_code(printed, exit::TIMED_OUT);
             }
             progress.show(&r, started.elapsed(), trouble.as_deref());
             let mut wake = if progress.spinner {
@@ -311,21 +313,18 @@ impl Ctx {
                 wake = wake.min(d);
             }
             tokio::select! {
-                _ = &mut ctrl_c => {
-                    progress.clear();
-                    eprintln!(
-                        "gate: stopped waiting: request {id} is still pending (`gate access wait \
-                         {id}` resumes, `gate access cancel {id}` withdraws it)"
-                    );
-                    return Ok(130);
-                }
+                _ = interrupt.recv() => return self.stop_waiting(&mut progress, &raw, &id),
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
             if Instant::now() < next_poll {
                 continue;
             }
             next_poll = Instant::now() + POLL_EVERY;
-            match self.get_raw(&id).await {
+            let polled = tokio::select! {
+                _ = interrupt.recv() => return self.stop_waiting(&mut progress, &raw, &id),
+                polled = self.get_raw(&id) => polled,
+            };
+            match polled {
                 Ok(v) => {
                     raw = v;
                     r = parse(&raw)?;
@@ -340,19 +339,40 @@ impl Ctx {
             }
         }
         progress.clear();
+        let code = outcome_code(&r.status);
         if self.output == Output::Json {
-            self.print_json(&raw)?;
-        } else {
-            let hint = if r.status == "approved" {
-                self.protocol_of(&r.resource).await
-            } else {
-                None
-            };
-            let mut out = std::io::stdout().lock();
-            write_outcome(&mut out, &r, hint.as_deref(), now_ms())?;
-            out.flush()?;
+            return keep_code(self.print_json(&raw), code);
         }
-        Ok(outcome_code(&r.status))
+        let hint = if r.status == "approved" {
+            self.protocol_of(&r.resource).await
+        } else {
+            None
+        };
+        let mut out = std::io::stdout().lock();
+        let printed = write_outcome(&mut out, &r, hint.as_deref(), now_ms())
+            .and_then(|()| out.flush())
+            .map_err(anyhow::Error::from);
+        keep_code(printed, code)
+    }
+
+    /// With `--output json`, the request as it is when waiting stops.
+    fn print_pending(&self, raw: &Value) -> anyhow::Result<()> {
+        if self.output == Output::Json {
+            self.print_json(raw)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Ctrl-C while waiting: the request stays pending.
+    fn stop_waiting(&self, progress: &mut Progress, raw: &Value, id: &str) -> anyhow::Result<u8> {
+        progress.clear();
+        let printed = self.print_pending(raw);
+        eprintln!(
+            "gate: stopped waiting: request {id} is still pending (`gate access wait {id}` \
+             resumes, `gate access cancel {id}` withdraws it)"
+        );
+        keep_code(printed, exit::INTERRUPTED)
     }
 
     /// The resource's protocol, when the credentials may read resources (keys may; a
@@ -468,6 +488,51 @@ impl Ctx {
         writeln!(out, "{line}")?;
         out.flush()?;
         Ok(exit::OK)
+    }
+}
+
+/// The exit code of a wait, even when its output could not be written because the reader
+/// went away (`gate access wait ID | head -1`): a denial must not turn into exit 0. Other
+/// write errors are errors.
+fn keep_code(printed: anyhow::Result<()>, code: u8) -> anyhow::Result<u8> {
+    match printed {
+        Err(e) if !is_broken_pipe(&e) => Err(e),
+        _ => Ok(code),
+    }
+}
+
+/// Ctrl-C (SIGINT), caught from the moment this is made until the process ends.
+struct Interrupt {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Interrupt {
+    fn new() -> Interrupt {
+        Interrupt {
+            // Registered now, not when first awaited: a Ctrl-C in between is not lost. If
+            // it cannot be registered, Ctrl-C keeps its default effect (exit by SIGINT).
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Resolves on Ctrl-C.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        match &mut self.signal {
+            Some(s) => {
+                if s.recv().await.is_some() {
+                    return;
+                }
+                std::future::pending::<()>().await
+            }
+            None => std::future::pending::<()>().await,
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await
+        }
     }
 }
 
@@ -826,6 +891,19 @@ mod tests {
             ("operation".to_string(), "tool".to_string()),
         ];
         assert_eq!(scopes_object(&twice).unwrap_err().code, exit::USAGE);
+    }
+
+    #[test]
+    fn a_reader_gone_does_not_change_the_outcome_of_a_wait() {
+        let gone = || {
+            Err(anyhow::Error::from(std::io::Error::from(
+                std::io::ErrorKind::BrokenPipe,
+            )))
+        };
+        assert_eq!(keep_code(gone(), exit::DENIED).unwrap(), exit::DENIED);
+        assert_eq!(keep_code(Ok(()), exit::TIMED_OUT).unwrap(), exit::TIMED_OUT);
+        let full = Err(anyhow::Error::from(std::io::Error::other("disk full")));
+        assert!(keep_code(full, exit::OK).is_err());
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub mod exit {
     pub const DENIED: u8 = 6;
     pub const ENDED: u8 = 7;
     pub const TIMED_OUT: u8 = 8;
+    /// Ctrl-C while waiting (128 + SIGINT, as a shell reports a process Ctrl-C ended).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// An error that ends the command with a particular exit code.
@@ -102,6 +104,15 @@ pub fn exit_code_of(e: &anyhow::Error) -> u8 {
         }
     }
     exit::ERROR
+}
+
+/// Whether `e` comes from writing to a pipe whose reader has gone (`gate … | head`).
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The connection flags (`--url`, `--token`, `--org`, `--ca-file`, or `GATE_*`), empty

@@ -1,9 +1,11 @@
 //! The stored login: `{url, token, org, ca_file}` in the user's config directory.
 //!
 //! Where: `$GATE_CONFIG_DIR/config.json` when set, else `$XDG_CONFIG_HOME/gate/config.json`,
-//! else `~/.config/gate/config.json`. The directory is made 0700 and the file is created
-//! 0600 (a temporary file with that mode, renamed over the old one), so the token is never
-//! readable by anyone else, not even for a moment.
+//! else `~/.config/gate/config.json`. A directory the CLI creates is made 0700; an existing
+//! one is used as it is (never chmod-ed: it may be `$HOME`), but only when it belongs to the
+//! user and nobody else may write to it, since another user who may write there could swap
+//! the file. The file is created 0600 (a temporary file with that mode, renamed over the
+//! old one), so the token is never readable by anyone else, not even for a moment.
 
 use std::fs;
 use std::io::Write;
@@ -88,10 +90,11 @@ pub fn load(dir: &Path) -> anyhow::Result<Option<Config>> {
     Ok(Some(config))
 }
 
-/// Stores `config` in `dir` (created 0700), replacing any previous login atomically.
-/// Returns the file's path.
+/// Stores `config` in `dir` (created 0700 when missing; an existing one must be the user's
+/// and writable by nobody else), replacing any previous login atomically. Returns the
+/// file's path.
 pub fn save(dir: &Path, config: &Config) -> anyhow::Result<PathBuf> {
-    create_private_dir(dir)?;
+    prepare_dir(dir)?;
     let path = dir.join(FILE_NAME);
     let tmp = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
     let _ = fs::remove_file(&tmp);
@@ -121,26 +124,57 @@ pub fn remove(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     }
 }
 
+/// Makes sure the token may be written in `dir`: creates it 0700 (its missing parents
+/// too, like `mkdir -p -m 700`) or checks the existing one, which is left as it is.
 #[cfg(unix)]
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
-    // An existing directory keeps its mode through `create`: tighten it. It holds a
-    // secret and nothing else.
-    let mode = fs::metadata(dir)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("making {} private", dir.display()))?;
+fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        // Ours: exactly 0700 whatever the umask.
+        Ok(()) => {
+            return fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("making {} private", dir.display()));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+    // An existing directory is never changed (it may be $HOME, or /tmp), only checked.
+    let meta = fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if !meta.is_dir() {
+        anyhow::bail!("{} is not a directory", dir.display());
+    }
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    let mode = meta.permissions().mode();
+    if meta.uid() != me {
+        anyhow::bail!(
+            "not storing the token in {}: the directory belongs to another user (uid {}); \
+             set GATE_CONFIG_DIR to a directory of your own",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    if mode & 0o022 != 0 {
+        anyhow::bail!(
+            "not storing the token in {}: others may write to the directory (mode {:o}), so \
+             they could replace the file; set GATE_CONFIG_DIR to a directory only you may \
+             write to",
+            dir.display(),
+            mode & 0o7777
+        );
     }
     Ok(())
 }
 
 #[cfg(not(unix))]
-fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
@@ -241,22 +275,80 @@ mod tests {
     }
 
     #[cfg(unix)]
-    #[test]
-    fn the_file_and_directory_are_private() {
+    fn mode(p: &Path) -> u32 {
         use std::os::unix::fs::PermissionsExt;
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[cfg(unix)]
+    fn set_mode(p: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_created_directory_is_private_and_so_is_the_file() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("gate");
-        // An existing, too open directory is tightened.
-        fs::create_dir(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = tmp.path().join("config").join("gate");
         let path = save(&dir, &config()).unwrap();
-        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(dir.parent().unwrap()), 0o700, "a created parent too");
         assert_eq!(mode(&path), 0o600);
         // An old world-readable file is replaced by a private one.
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        set_mode(&path, 0o644);
         save(&dir, &config()).unwrap();
         assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_existing_directory_is_used_as_it_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Like $HOME: 0755 stays 0755 (and a missing parent is not needed).
+        let dir = tmp.path().join("home");
+        fs::create_dir(&dir).unwrap();
+        set_mode(&dir, 0o755);
+        let path = save(&dir, &config()).unwrap();
+        assert_eq!(mode(&dir), 0o755);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(load(&dir).unwrap(), Some(config()));
+        // A file is no place for the login.
+        let err = save(&dir.join(FILE_NAME), &config()).unwrap_err();
+        assert!(format!("{err:#}").contains("not a directory"), "{err:#}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_directory_others_may_write_to_is_refused_and_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (name, open) in [("world", 0o777), ("group", 0o770), ("sticky", 0o1777)] {
+            let dir = tmp.path().join(name);
+            fs::create_dir(&dir).unwrap();
+            set_mode(&dir, open);
+            let err = save(&dir, &config()).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains("others may write"), "{name}: {msg}");
+            assert!(msg.contains("GATE_CONFIG_DIR"), "{name}: {msg}");
+            assert_eq!(mode(&dir), open, "{name}: the mode is not changed");
+            assert_eq!(
+                fs::read_dir(&dir).unwrap().count(),
+                0,
+                "{name}: nothing is written"
+            );
+        }
+        // Another user's directory (only root can make one to test with).
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            let dir = tmp.path().join("theirs");
+            fs::create_dir(&dir).unwrap();
+            set_mode(&dir, 0o755);
+            std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+            let err = save(&dir, &config()).unwrap_err();
+            assert!(format!("{err:#}").contains("another user"), "{err:#}");
+            assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod play;
 mod source;
 mod table;
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Write, stdout};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -29,7 +29,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use gate_recording::RecordingKind;
 
 use access::{Output, Verb, Which};
-use api::{Client, Exit, Flags, Target, exit};
+use api::{Client, Exit, Flags, Target, exit, is_broken_pipe};
 use source::Source;
 
 /// The help heading of the options every command takes.
@@ -38,15 +38,16 @@ const GLOBAL: &str = "Global options";
 /// The exit codes, as `gate --help` shows them.
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  ok (for `access request --wait`: approved)
-  1  error (network, control plane unavailable, damaged recording, ...)
-  2  usage (bad flags; or the control plane refused the request as invalid, HTTP 400)
-  3  not authenticated: not logged in, or the token was refused (HTTP 401)
-  4  permission denied (HTTP 403)
-  5  not found (HTTP 404)
-  6  `--wait`: the request was denied
-  7  `--wait`: the request expired, was cancelled or was revoked
-  8  `--wait`: timed out waiting (the request is still pending)";
+  0    ok (for `access request --wait` and `access wait`: approved)
+  1    error (network, control plane unavailable, a conflict, damaged recording, ...)
+  2    usage (bad or missing flags; or the control plane refused the request as invalid, HTTP 400)
+  3    not authenticated: not logged in, no token, or the token was refused (HTTP 401)
+  4    permission denied (HTTP 403)
+  5    not found (HTTP 404)
+  6    `--wait` / `access wait`: the request was denied
+  7    `--wait` / `access wait`: the request expired, was cancelled or was revoked
+  8    `--wait` / `access wait`: --timeout reached (the request is still pending)
+  130  `--wait` / `access wait`: Ctrl-C (the request is still pending)";
 
 #[derive(Parser)]
 #[command(
@@ -152,15 +153,16 @@ enum AccessCommand {
         /// operation=tool target=deploy_*).
         #[arg(long = "scope", value_name = "KEY=VALUE", value_parser = access::parse_scope)]
         scopes: Vec<(String, String)>,
-        /// Wait until the request is decided (exit 0 approved, 6 denied, 7 expired or
-        /// cancelled, 8 --timeout reached).
+        /// Wait until the request is decided (exit 0 approved, 6 denied, 7 expired,
+        /// cancelled or revoked, 8 --timeout reached, 130 Ctrl-C).
         #[arg(long)]
         wait: bool,
         /// With --wait: stop waiting after this long (the request stays pending).
         #[arg(long, requires = "wait", value_parser = access::parse_duration)]
         timeout: Option<Duration>,
     },
-    /// Wait for a pending request to be decided (like `request --wait`).
+    /// Wait for a pending request to be decided (like `request --wait`: exit 0 approved,
+    /// 6 denied, 7 expired, cancelled or revoked, 8 --timeout reached, 130 Ctrl-C).
     Wait {
         id: String,
         /// Stop waiting after this long.
@@ -337,14 +339,6 @@ fn init_logging() {
         .try_init();
 }
 
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
-}
-
 fn nonempty(s: &Option<String>) -> Option<String> {
     s.as_deref()
         .map(str::trim)
@@ -386,8 +380,8 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
         Command::Login { output } => login(&flags, cli.output(output)).await,
         Command::Logout => {
             match config::remove(&config::dir()?)? {
-                Some(path) => println!("Logged out: removed {}.", path.display()),
-                None => println!("Not logged in: nothing to remove."),
+                Some(path) => writeln!(stdout(), "Logged out: removed {}.", path.display())?,
+                None => writeln!(stdout(), "Not logged in: nothing to remove.")?,
             }
             Ok(exit::OK)
         }
@@ -395,9 +389,9 @@ async fn run(cli: Cli, color: bool) -> anyhow::Result<u8> {
             let client = client(&flags)?;
             let (who, raw) = access::whoami(&client).await?;
             if cli.output(output) == Output::Json {
-                println!("{}", serde_json::to_string_pretty(&raw)?);
+                writeln!(stdout(), "{}", serde_json::to_string_pretty(&raw)?)?;
             } else {
-                print_whoami(client.base(), &who);
+                print_whoami(client.base(), &who)?;
             }
             Ok(exit::OK)
         }
@@ -525,27 +519,32 @@ async fn login(flags: &Flags, output: Output) -> anyhow::Result<u8> {
     };
     let path = config::save(&dir, &target.to_config())?;
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&raw)?);
+        writeln!(stdout(), "{}", serde_json::to_string_pretty(&raw)?)?;
     } else {
-        print_whoami(client.base(), &who);
-        println!("Login saved to {}.", path.display());
+        print_whoami(client.base(), &who)?;
+        writeln!(stdout(), "Login saved to {}.", path.display())?;
         if who.role == "system" && who.org_id.is_none() {
-            println!("Note: the system key acts on no organization until you pass --org.");
+            writeln!(
+                stdout(),
+                "Note: the system key acts on no organization until you pass --org."
+            )?;
         }
     }
     Ok(exit::OK)
 }
 
-fn print_whoami(url: &str, who: &access::WhoAmI) {
+fn print_whoami(url: &str, who: &access::WhoAmI) -> std::io::Result<()> {
     let org = who.org_id.as_deref().unwrap_or("(none)");
     match who.identity() {
-        Some(name) => println!(
+        Some(name) => writeln!(
+            stdout(),
             "Signed in to {url} as {} ({}; role {}, org {org}).",
             table::sanitize(name),
             table::sanitize(&who.actor),
             table::sanitize(&who.role)
         ),
-        None => println!(
+        None => writeln!(
+            stdout(),
             "Signed in to {url} as {} (role {}, org {org}).",
             table::sanitize(&who.actor),
             table::sanitize(&who.role)
@@ -585,29 +584,83 @@ fn read_token() -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Turns terminal echo off on stdin while it lives.
+/// Turns terminal echo off on stdin while it lives. A signal that ends the process at the
+/// prompt (Ctrl-C, SIGQUIT, SIGTERM, SIGHUP) turns echo back on first: the shell would be
+/// left not echoing otherwise.
 struct EchoOff {
     #[cfg(unix)]
-    saved: Option<libc::termios>,
+    saved: Option<(libc::termios, Vec<(libc::c_int, libc::sigaction)>)>,
+}
+
+/// The terminal's attributes before [`EchoOff`], for the signal handler.
+#[cfg(unix)]
+static ECHO_ON: std::sync::OnceLock<libc::termios> = std::sync::OnceLock::new();
+
+/// Restores the terminal, then dies of `sig` as if there were no handler. Only
+/// async-signal-safe calls (tcsetattr, write, signal, raise).
+#[cfg(unix)]
+extern "C" fn restore_echo_and_die(sig: libc::c_int) {
+    // SAFETY: see above; ECHO_ON is set before the handler is installed and never changes.
+    unsafe {
+        if let Some(t) = ECHO_ON.get() {
+            libc::tcsetattr(0, libc::TCSANOW, t);
+        }
+        libc::write(2, b"\n".as_ptr().cast(), 1);
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
 }
 
 impl EchoOff {
     #[cfg(unix)]
     fn new() -> EchoOff {
         // SAFETY: tcgetattr/tcsetattr on fd 0 with a zeroed termios they fill in; failure
-        // (not a terminal) leaves echo as it was.
+        // (not a terminal) leaves echo as it was. The sigaction structs are zeroed, then
+        // filled in or by the kernel.
         unsafe {
             let mut t: libc::termios = std::mem::zeroed();
             if libc::tcgetattr(0, &mut t) != 0 {
                 return EchoOff { saved: None };
             }
             let saved = t;
+            let _ = ECHO_ON.set(saved);
+            let mut handlers = Vec::new();
+            for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, std::ptr::null(), &mut old) != 0
+                    || old.sa_sigaction == libc::SIG_IGN
+                {
+                    continue; // ignored (nohup): stays ignored
+                }
+                let mut new: libc::sigaction = std::mem::zeroed();
+                new.sa_sigaction = restore_echo_and_die as extern "C" fn(libc::c_int) as usize;
+                libc::sigemptyset(&mut new.sa_mask);
+                if libc::sigaction(sig, &new, std::ptr::null_mut()) == 0 {
+                    handlers.push((sig, old));
+                }
+            }
             t.c_lflag &= !libc::ECHO;
             t.c_lflag |= libc::ECHONL;
+            let mut echo = EchoOff {
+                saved: Some((saved, handlers)),
+            };
             if libc::tcsetattr(0, libc::TCSANOW, &t) != 0 {
-                return EchoOff { saved: None };
+                echo.restore_handlers();
+                echo.saved = None;
             }
-            EchoOff { saved: Some(saved) }
+            echo
+        }
+    }
+
+    #[cfg(unix)]
+    fn restore_handlers(&self) {
+        if let Some((_, handlers)) = &self.saved {
+            for (sig, old) in handlers {
+                // SAFETY: puts back the action read in `new`.
+                unsafe {
+                    libc::sigaction(*sig, old, std::ptr::null_mut());
+                }
+            }
         }
     }
 
@@ -620,11 +673,12 @@ impl EchoOff {
 impl Drop for EchoOff {
     fn drop(&mut self) {
         #[cfg(unix)]
-        if let Some(saved) = self.saved {
+        if let Some((saved, _)) = &self.saved {
             // SAFETY: restores the attributes read in `new`.
             unsafe {
-                libc::tcsetattr(0, libc::TCSANOW, &saved);
+                libc::tcsetattr(0, libc::TCSANOW, saved);
             }
+            self.restore_handlers();
         }
     }
 }
