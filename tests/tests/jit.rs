@@ -119,10 +119,10 @@ async fn world() -> World {
   api_base_url: "{}"
   default_approval_channel: CDEFAULT
   resource_approval_channels: {{vault-db: CVAULT}}
-  user_mappings: {{U0OLGA: olga, U0ALICE: alice, U0MAL: mallory}}
-  requester_mappings: {{alice: U0ALICE}}
+  user_mappings: {{U0OLGA: jit-e2e/olga, U0ALICE: jit-e2e/alice, U0MAL: jit-e2e/mallory}}
+  requester_mappings: {{jit-e2e/alice: U0ALICE}}
   retry: {{initial_backoff: 50ms, max_backoff: 500ms}}
-delivery: {{dead_letter_dir: "{}", retry_schedule: [200ms, 400ms, 800ms, 1s, 1s], timeout: 3s, poll_interval: 100ms}}
+delivery: {{dead_letter_dir: "{}", retry_schedule: [200ms, 400ms, 800ms, 1s, 1s], timeout: 3s, poll_interval: 100ms, allow_private_targets: true}}
 "#,
         slack.api_base_url(),
         dir.path().join("dead-letters").display()

@@ -1179,3 +1179,74 @@ async fn an_operator_ends_a_live_session_with_57p01() {
     .unwrap();
     assert_eq!(r.status, 404);
 }
+
+/// The count of `pre_request` evaluations in the gateway's `/metrics`.
+fn pre_request_evaluations(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("gate_policy_evaluation_duration_seconds_count")
+                && l.contains("stage=\"pre_request\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn decisions_are_reused_only_when_the_policy_cannot_tell_statements_apart() {
+    // The example policy reads the query's type and tables, never its text: the first
+    // `SELECT … FROM users` is evaluated, the other 29 reuse its decision — each is still
+    // audited — and a DROP (another type) is evaluated and blocked.
+    let env = start(example()).await;
+    let c = env.connect_alice().await;
+    let before = pre_request_evaluations(&env.metrics().await);
+    for i in 0..30 {
+        c.simple_query(&format!("SELECT id FROM users WHERE id = {i}"))
+            .await
+            .unwrap();
+    }
+    let err = c.simple_query("DROP TABLE users").await.unwrap_err();
+    assert_eq!(db_error(&err).0, "42501", "{err}");
+    let after = pre_request_evaluations(&env.metrics().await);
+    assert_eq!(after - before, 2, "one evaluation per (type, tables)");
+    env.wait_audit("all 30 SELECTs audited", |_| {
+        env.audit_events()
+            .iter()
+            .filter(|e| {
+                e["stage"] == "pre_request"
+                    && e["statement"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("SELECT id FROM users WHERE id ="))
+            })
+            .count()
+            == 30
+    })
+    .await;
+
+    // A policy that reads the statement text is evaluated for every statement.
+    let env = start(Opts {
+        policy: Some(
+            r#"
+package formal.v2
+import rego.v1
+session := {"action": "allow"}
+default pre_request := {"action": "allow"}
+pre_request := {"action": "block", "reason": "no 7s"} if contains(input.query.statement, "= 7")
+post_request := {"action": "allow"}
+"#
+            .into(),
+        ),
+        ..Opts::default()
+    })
+    .await;
+    let c = env.connect_alice().await;
+    let before = pre_request_evaluations(&env.metrics().await);
+    for i in 0..10 {
+        let r = c
+            .simple_query(&format!("SELECT id FROM users WHERE id = {i}"))
+            .await;
+        assert_eq!(r.is_err(), i == 7, "statement {i}: {r:?}");
+    }
+    let after = pre_request_evaluations(&env.metrics().await);
+    assert_eq!(after - before, 10);
+}

@@ -107,6 +107,20 @@ pub struct DeliveryConfig {
     /// Webhook requests in flight at once, over all endpoints.
     #[serde(default = "default_max_concurrency", deserialize_with = "number")]
     pub max_concurrency: u32,
+    /// Webhook requests in flight at once for one organization (per control plane), so an
+    /// org whose receivers hang cannot take every slot and delay everyone else's.
+    #[serde(
+        default = "default_max_concurrency_per_org",
+        deserialize_with = "number"
+    )]
+    pub max_concurrency_per_org: u32,
+    /// Let webhook endpoints point at loopback, private (RFC 1918, `fc00::/7`), link-local
+    /// (`169.254.0.0/16` — cloud metadata —, `fe80::/10`) and other non-public addresses,
+    /// and `localhost`. Off by default: endpoints are set by org admins, who must not make
+    /// the control plane call internal services. Off also means webhook requests ignore
+    /// proxy environment variables (through a proxy the address cannot be checked).
+    #[serde(default)]
+    pub allow_private_targets: bool,
     /// How long delivered deliveries stay listed (dead ones stay until redelivered or
     /// their endpoint is deleted).
     #[serde(default = "default_delivered_retention", deserialize_with = "duration")]
@@ -121,6 +135,8 @@ impl Default for DeliveryConfig {
             timeout: default_delivery_timeout(),
             poll_interval: default_poll_interval(),
             max_concurrency: default_max_concurrency(),
+            max_concurrency_per_org: default_max_concurrency_per_org(),
+            allow_private_targets: false,
             delivered_retention: default_delivered_retention(),
         }
     }
@@ -142,6 +158,9 @@ fn default_poll_interval() -> Duration {
 }
 fn default_max_concurrency() -> u32 {
     16
+}
+fn default_max_concurrency_per_org() -> u32 {
+    4
 }
 fn default_delivered_retention() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
@@ -179,6 +198,9 @@ impl DeliveryConfig {
         }
         if !(1..=1024).contains(&self.max_concurrency) {
             err("max_concurrency", "must be between 1 and 1024");
+        }
+        if !(1..=1024).contains(&self.max_concurrency_per_org) {
+            err("max_concurrency_per_org", "must be between 1 and 1024");
         }
         if self.delivered_retention < Duration::from_secs(60) {
             err("delivered_retention", "must be at least 1m");
@@ -434,9 +456,11 @@ audit: {retention: 90d}
         assert_eq!(c.delivery.retry_schedule.len(), 7);
         assert_eq!(c.delivery.retry_schedule[0], Duration::from_secs(5));
         assert_eq!(c.delivery.timeout, Duration::from_secs(10));
+        assert_eq!(c.delivery.max_concurrency_per_org, 4);
+        assert!(!c.delivery.allow_private_targets);
         let c = ControlConfig::from_yaml_str(
             &format!(
-                "{base}delivery: {{retry_schedule: [100ms, 2s], timeout: 3s, poll_interval: 50ms, max_concurrency: 2}}\n"
+                "{base}delivery: {{retry_schedule: [100ms, 2s], timeout: 3s, poll_interval: 50ms, max_concurrency: 2, max_concurrency_per_org: 1, allow_private_targets: true}}\n"
             ),
             &env,
         )
@@ -447,13 +471,24 @@ audit: {retention: 90d}
         );
         assert_eq!(c.delivery.poll_interval, Duration::from_millis(50));
         assert_eq!(c.delivery.max_concurrency, 2);
+        assert_eq!(c.delivery.max_concurrency_per_org, 1);
+        assert!(c.delivery.allow_private_targets);
         let errs = ControlConfig::from_yaml_str(
-            &format!("{base}delivery: {{timeout: 0s, max_concurrency: 0}}\n"),
+            &format!(
+                "{base}delivery: {{timeout: 0s, max_concurrency: 0, max_concurrency_per_org: 0}}\n"
+            ),
             &env,
         )
         .unwrap_err();
         let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["delivery.timeout", "delivery.max_concurrency"]);
+        assert_eq!(
+            paths,
+            [
+                "delivery.timeout",
+                "delivery.max_concurrency",
+                "delivery.max_concurrency_per_org"
+            ]
+        );
         let errs = ControlConfig::from_yaml_str(
             &format!("{base}delivery: {{retry_schedule: [5s, soon]}}\n"),
             &env,

@@ -3,9 +3,14 @@
 //! The service layer publishes an [`Event`] after every access-request transition (and
 //! the connector audit intake publishes session and policy-block events). Integrations —
 //! signed webhooks, Slack approvals — register as [`EventSink`]s on the [`Control`] at
-//! start. Publishing awaits each sink's `accept`, which must only *take* the event
-//! (persist it for delivery, or queue it): network calls happen later, in the sink's own
-//! tasks, so a slow or absent receiver never slows the API call that caused the event.
+//! start.
+//!
+//! Publishing is a synchronous push onto a queue, done right after the change commits:
+//! no `.await` separates the two, so a request cancelled by its client disconnecting
+//! cannot commit a change and lose its event. One dispatcher task ([`spawn_dispatch`])
+//! hands events to the sinks in publication order; a sink's `accept` only *takes* the
+//! event (persists it for delivery, or queues it), and network calls happen later in the
+//! sink's own tasks, so a slow or absent receiver never slows anything down.
 //!
 //! The event's `data` is the payload integrations send: the same object for a webhook
 //! body and for anything else that renders the event, built once here.
@@ -16,6 +21,8 @@ use futures_util::future::BoxFuture;
 use gate_store::time::{format_rfc3339_ms, now_ms};
 use gate_store::{AccessRequest, AccessStatus, OrgId};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::Control;
@@ -192,6 +199,106 @@ pub trait EventSink: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     fn accept<'a>(&'a self, ctl: &'a Control, event: &'a Arc<Event>) -> BoxFuture<'a, ()>;
+}
+
+/// Events published and not yet dispatched.
+///
+/// Unbounded, deliberately: each event stands for a change already committed to the store
+/// (an API call or an audit batch), so the producers are throttled by the database, and a
+/// full queue could only lose an event or make a committed change wait on integrations.
+/// The dispatcher's work per event is one store write at most.
+pub(crate) struct Queue {
+    tx: mpsc::UnboundedSender<Event>,
+    rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+}
+
+impl Queue {
+    pub(crate) fn new() -> Queue {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Queue {
+            tx,
+            rx: std::sync::Mutex::new(Some(rx)),
+        }
+    }
+
+    pub(crate) fn push(&self, event: Event) {
+        // The receiver lives as long as the `Control`; a send fails only after the
+        // dispatcher has ended (shutdown), when there is nobody left to deliver to.
+        if let Err(e) = self.tx.send(event) {
+            tracing::warn!(event = %e.0.id, kind = %e.0.kind, "event published after shutdown; not dispatched");
+        }
+    }
+
+    fn take_receiver(&self) -> Option<mpsc::UnboundedReceiver<Event>> {
+        self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// The running dispatcher (see [`spawn_dispatch`]).
+pub struct Dispatch {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Dispatch {
+    /// Dispatches what is queued, refuses anything published later, and returns when
+    /// done. Call it once nothing publishes any more (listener and background jobs
+    /// stopped) and before the store closes.
+    pub async fn finish(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the dispatcher: it hands each published event to every registered sink, in
+/// publication order, until [`Dispatch::finish`]. Only the first call per `Control` gets
+/// the queue; a second one dispatches nothing.
+pub fn spawn_dispatch(ctl: Arc<Control>) -> Dispatch {
+    let rx = ctl.events.take_receiver();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let Some(mut rx) = rx else { return };
+        loop {
+            let event = tokio::select! {
+                biased;
+                event = rx.recv() => match event {
+                    Some(e) => e,
+                    None => return,
+                },
+                _ = &mut stopped => {
+                    rx.close();
+                    while let Some(event) = rx.recv().await {
+                        dispatch(&ctl, event).await;
+                    }
+                    return;
+                }
+            };
+            dispatch(&ctl, event).await;
+        }
+    });
+    Dispatch { stop, task }
+}
+
+async fn dispatch(ctl: &Control, mut event: Event) {
+    enrich(ctl, &mut event).await;
+    let event = Arc::new(event);
+    for sink in ctl.sinks.all() {
+        sink.accept(ctl, &event).await;
+    }
+}
+
+/// Fills in what the publisher could not know without an `.await`: the id of the resource
+/// an access request names (resources are named in requests and may be gone since).
+async fn enrich(ctl: &Control, event: &mut Event) {
+    if !event.kind.is_access() || !event.data["resource_id"].is_null() {
+        return;
+    }
+    let Some(name) = event.data["resource"].as_str() else {
+        return;
+    };
+    if let Ok(resource) = ctl.store().get_resource_by_name(event.org_id, name).await {
+        event.data["resource_id"] = json!(resource.id);
+    }
 }
 
 /// The registered sinks, in registration order.

@@ -69,6 +69,8 @@ pub struct Control {
     )>,
     /// The integrations events are published to.
     sinks: events::Sinks,
+    /// Published events wait here for the dispatcher ([`events::spawn_dispatch`]).
+    events: events::Queue,
 }
 
 /// How `Control` is put together (see [`Control::new`]).
@@ -104,6 +106,7 @@ impl Control {
             watch_poll: options.watch_poll,
             recording_store: std::sync::OnceLock::new(),
             sinks: events::Sinks::default(),
+            events: events::Queue::new(),
         })
     }
 
@@ -112,13 +115,12 @@ impl Control {
         self.sinks.add(sink);
     }
 
-    /// Hands `event` to every registered integration, in registration order. Each only
-    /// takes it (persists or queues it), so this returns quickly whatever the receivers do.
-    pub async fn publish(&self, event: events::Event) {
-        let event = Arc::new(event);
-        for sink in self.sinks.all() {
-            sink.accept(self, &event).await;
-        }
+    /// Queues `event` for the integrations. Synchronous on purpose: called right after the
+    /// change it reports has committed, with no `.await` in between, so a caller that
+    /// goes away (a client disconnecting cancels its request) cannot lose it. The
+    /// dispatcher hands it to every sink in publication order.
+    pub fn publish(&self, event: events::Event) {
+        self.events.push(event);
     }
 
     /// Sets the recording store (once; later calls are ignored).

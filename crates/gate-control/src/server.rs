@@ -124,6 +124,8 @@ pub struct Running {
     webhooks: JoinHandle<()>,
     /// The Slack approvals worker, when `slack` is configured.
     slack: Option<JoinHandle<()>>,
+    /// Hands published events to the integrations.
+    events: crate::events::Dispatch,
 }
 
 impl Running {
@@ -144,6 +146,9 @@ impl Running {
         let _ = self.task.await;
         // A purge in progress finishes first: the store must not close under it.
         let _ = self.access_expiry.await;
+        // Nothing publishes any more: what is queued reaches the integrations (webhook
+        // deliveries are stored, and sent after the next start if the worker has stopped).
+        self.events.finish().await;
         // Webhook attempts in flight finish (or are abandoned after a short drain).
         let _ = self.webhooks.await;
         if let Some(slack) = self.slack {
@@ -261,6 +266,7 @@ pub async fn start_with(
         crate::retention::spawn(ctl.clone(), retention, cfg.audit.purge_interval())
     });
     let access_expiry = crate::service::access_requests::spawn_expiry(ctl.clone());
+    let events = crate::events::spawn_dispatch(ctl.clone());
     Ok(Running {
         addr,
         ctl,
@@ -270,6 +276,7 @@ pub async fn start_with(
         access_expiry,
         webhooks,
         slack: slack.worker,
+        events,
     })
 }
 

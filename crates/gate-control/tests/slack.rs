@@ -2,7 +2,8 @@
 //! real Slack is reachable from tests), with a real control plane in-process: requests
 //! posted to the right channel, signed clicks deciding them through the service rules,
 //! forged/stale/unauthorized clicks changing nothing, messages kept up to date whoever
-//! decides, requesters told by DM, and Slack outages retried without blocking anything.
+//! decides, requesters told by DM, mappings confined to their own org, and Slack outages
+//! retried without blocking anything — nor posting twice.
 
 mod common;
 
@@ -43,10 +44,8 @@ fn slack_yaml(slack: &FakeSlack, extra: &str) -> String {
   default_approval_channel: CDEFAULT
   org_approval_channels: {{acme: CACME}}
   resource_approval_channels: {{prod-db: CPROD}}
-  approver_mappings: {{U0BOB: bob}}
-  user_mappings: {{U0MAL: mallory, U0ALICE: alice}}
-  requester_mappings: {{alice: U0ALICE}}
-  request_timeout: 5s
+  user_mappings: {{U0BOB: acme/bob, U0MAL: acme/mallory, U0ALICE: acme/alice}}
+  requester_mappings: {{acme/alice: U0ALICE, acme/mallory: U0MAL}}
   retry: {{max_attempts: 1000, initial_backoff: 20ms, max_backoff: 200ms}}
 {extra}"#,
         slack.api_base_url()
@@ -109,6 +108,7 @@ async fn start_with(extra: &str, acme_rules: Value) -> Env {
     slack.add_user("U0DAVE", "dave", Some("DAVE@example.com"));
     slack.add_user("U0ALICE", "alice", Some("alice@example.com"));
     slack.add_user("U0BOB", "bob", None);
+    slack.add_user("U0MAL", "mallory", None);
     let dir = tempfile::tempdir().expect("tempdir");
     let dsn = database_url(Backend::Sqlite, dir.path()).await;
     let cfg: ControlConfig = config(&dsn, SYSTEM_KEY, &slack_yaml(&slack, extra));
@@ -654,6 +654,121 @@ async fn a_slack_outage_delays_messages_and_blocks_nothing() {
         .filter(|m| !m.channel.starts_with('D') && m.rendered().contains(&id))
         .collect();
     assert_eq!(posted.len(), 1, "{posted:#?}");
+    env.plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mappings_do_not_cross_organizations() {
+    let env = start().await;
+    // U0BOB is mapped to acme/bob. globex has an approver named bob too, and its
+    // requests land in the shared default channel, where U0BOB can click.
+    let id = env.request(&env.globex, "alice", "analytics").await;
+    let m = env.message_of(&id).await;
+    assert_eq!(m.channel, "CDEFAULT");
+    let click = env
+        .slack
+        .click(&env.actions_url(), "U0BOB", &m, APPROVE_ACTION)
+        .await
+        .unwrap();
+    assert_eq!(click.status, 200);
+    let told = env
+        .slack
+        .wait_for_response(&click.response_url, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(told["response_type"], "ephemeral", "{told}");
+    let text = told["text"].as_str().unwrap();
+    assert!(
+        text.contains("not allowed") && text.contains("not linked"),
+        "{text}"
+    );
+    // Nothing changed in globex.
+    assert_eq!(env.get(&env.globex, &id).await["status"], "pending");
+    assert!(env.slack.calls_to("chat.update").is_empty());
+    assert!(
+        !env.admin_events(&env.globex)
+            .await
+            .iter()
+            .any(
+                |e| e["action"] == "access_request.approve" || e["action"] == "access_request.deny"
+            )
+    );
+    // globex decides in its own way; U0BOB still approves acme's requests as acme's bob.
+    env.act(&env.globex, &id, "deny", "carol").await;
+    env.wait_decided(&id, "*Denied* by *carol*").await;
+    let acme = env.request(&env.acme, "alice", "staging-db").await;
+    let m = env.message_of(&acme).await;
+    env.slack
+        .click(&env.actions_url(), "U0BOB", &m, APPROVE_ACTION)
+        .await
+        .unwrap();
+    env.wait_decided(&acme, "*Approved* by *bob*").await;
+
+    // requester_mappings too: acme/mallory is U0MAL, globex's mallory is nobody in Slack
+    // (no email): her denial is not DMed to U0MAL; acme's mallory's is.
+    let theirs = env.request(&env.globex, "mallory", "analytics").await;
+    env.message_of(&theirs).await;
+    env.act(&env.globex, &theirs, "deny", "carol").await;
+    env.wait_decided(&theirs, "*Denied* by *carol*").await;
+    let ours = env.request(&env.acme, "mallory", "staging-db").await;
+    env.message_of(&ours).await;
+    env.act(&env.acme, &ours, "deny", "carol").await;
+    // Events are handled in order: once acme's DM is there, globex's was dealt with.
+    env.wait_dm("D0MAL", &ours).await;
+    let to_mal: Vec<_> = env
+        .slack
+        .messages()
+        .into_iter()
+        .filter(|m| m.channel == "D0MAL")
+        .collect();
+    assert_eq!(to_mal.len(), 1, "{to_mal:#?}");
+    assert!(!to_mal[0].rendered().contains(&theirs));
+    env.plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_that_times_out_is_not_posted_twice() {
+    // Slack posts, but answers after the control plane gave up waiting.
+    let env = start_with("  request_timeout: 1s\n", rules()).await;
+    env.slack.set_failure(Failure::Late(Duration::from_secs(3)));
+    let id = env.request(&env.acme, "alice", "prod-db").await;
+    let m = env.message_of(&id).await;
+    env.slack.set_failure(Failure::None);
+    // The worker handles one job at a time: once the next request is posted, the first
+    // post was given up (or, wrongly, retried).
+    let next = env.request(&env.acme, "alice", "staging-db").await;
+    env.message_of(&next).await;
+    let posts: Vec<_> = env
+        .slack
+        .calls_to("chat.postMessage")
+        .into_iter()
+        .filter(|c| c.body.to_string().contains(&id))
+        .collect();
+    assert_eq!(posts.len(), 1, "{posts:#?}");
+    let store = env.running().control().store().clone();
+    let (org, request) = (env.acme.id.parse::<OrgId>().unwrap(), id.parse().unwrap());
+    assert!(
+        store
+            .get_slack_message(org, request)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The message posted without Gate knowing still works, and a click links it.
+    env.slack
+        .click(&env.actions_url(), "U0BOB", &m, APPROVE_ACTION)
+        .await
+        .unwrap();
+    let decided = env.wait_decided(&id, "*Approved* by *bob*").await;
+    assert_eq!(decided.ts, m.ts);
+    assert_eq!(
+        store
+            .get_slack_message(org, request)
+            .await
+            .unwrap()
+            .map(|s| s.ts),
+        Some(m.ts.clone())
+    );
     env.plane.stop().await;
 }
 

@@ -6,7 +6,9 @@
 //! delivered exactly once and filtered, retries through an outage, dead letters and their
 //! redelivery under the same `webhook-id`, 410 disabling the endpoint, secret rotation with
 //! its grace period, session and policy-block events from shipped audit (once, however
-//! often a batch is shipped), and deliveries surviving a control-plane restart.
+//! often a batch is shipped), deliveries surviving a control-plane restart, private
+//! targets refused by default (at create and at delivery), owner-only dead letters, and
+//! one org's hanging receivers not taking every delivery slot.
 
 mod common;
 
@@ -29,11 +31,15 @@ struct Org {
     reader: String,
 }
 
+/// The tests' usual `delivery:` settings besides the retries: the receivers listen on
+/// 127.0.0.1, a private address.
+const SETTINGS: &str = "timeout: 3s, max_concurrency: 4, allow_private_targets: true";
+
 /// The `delivery:` section: quick retries and polls so the tests do not wait.
-fn delivery_yaml(dead_letters: &Path, retries: &str) -> String {
+fn delivery_yaml(dead_letters: &Path, retries: &str, settings: &str) -> String {
     format!(
-        "delivery: {{dead_letter_dir: \"{}\", retry_schedule: [{retries}], timeout: 3s, \
-         poll_interval: 50ms, max_concurrency: 4}}\n",
+        "delivery: {{dead_letter_dir: \"{}\", retry_schedule: [{retries}], \
+         poll_interval: 50ms, {settings}}}\n",
         dead_letters.display()
     )
 }
@@ -43,8 +49,12 @@ async fn start_plane(db_dir: &Path, dead_letters: &Path) -> Plane {
 }
 
 async fn start_plane_with(db_dir: &Path, dead_letters: &Path, retries: &str) -> Plane {
+    start_plane_custom(db_dir, &delivery_yaml(dead_letters, retries, SETTINGS)).await
+}
+
+async fn start_plane_custom(db_dir: &Path, delivery: &str) -> Plane {
     let dsn = database_url(Backend::Sqlite, db_dir).await;
-    let cfg = config(&dsn, SYSTEM_KEY, &delivery_yaml(dead_letters, retries));
+    let cfg = config(&dsn, SYSTEM_KEY, delivery);
     Plane::start_with(
         cfg,
         StartOptions::default(),
@@ -189,6 +199,38 @@ fn accepted_by_id(requests: &[ReceivedRequest]) -> HashMap<String, Vec<ReceivedR
             .push(r.clone());
     }
     out
+}
+
+/// A dead letter's text, once written: the worker writes it just after recording the
+/// delivery dead.
+async fn wait_file(path: &Path) -> String {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} not written within {WAIT:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A file's permission bits (`None` where there are none to check).
+fn mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(path).expect("metadata");
+        Some(meta.permissions().mode() & 0o777)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 async fn audit_actions(plane: &Plane, org: &Org) -> Vec<Value> {
@@ -342,8 +384,9 @@ async fn access_events_are_signed_filtered_and_delivered_exactly_once() {
     act(&plane, &org, &c, "cancel", "alice").await;
     let _elsewhere = request(&plane, &other, "alice").await;
 
-    // Publishing is part of each call: the queue is complete once the calls returned.
-    let queued = deliveries(&plane, &org, &ep, "").await;
+    // Each event is queued right after its change commits: six deliveries, whatever
+    // state each is in by now.
+    let queued = wait_deliveries(&plane, &org, &ep, "six queued", |l| l.len() >= 6).await;
     let mut types: Vec<&str> = queued
         .iter()
         .map(|d| d["event_type"].as_str().unwrap())
@@ -555,7 +598,10 @@ async fn outage_retries_dead_letters_redelivery_and_gone() {
     let dead_id = dead["id"].as_str().unwrap().to_string();
     let dead_event = dead["event_id"].as_str().unwrap().to_string();
     let letter: PathBuf = dl.path().join(&org.id).join(format!("{dead_id}.json"));
-    let text = std::fs::read_to_string(&letter).expect("dead letter file");
+    let text = wait_file(&letter).await;
+    // It holds identities and payloads: owner-only, like the directory Gate made for it.
+    assert_eq!(mode(&letter), Some(0o600));
+    assert_eq!(mode(letter.parent().unwrap()), Some(0o700));
     let record: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(record["event_id"], dead_event.as_str());
     assert_eq!(record["endpoint_id"], ep.as_str());
@@ -599,7 +645,15 @@ async fn outage_retries_dead_letters_redelivery_and_gone() {
     let ts =
         |r: &ReceivedRequest| -> i64 { r.webhook_timestamp.as_deref().unwrap().parse().unwrap() };
     assert!(ts(accepted[0]) >= ts(&failed[3]));
-    assert!(!letter.exists(), "the dead letter goes once redelivered");
+    // The dead letter goes once redelivered (just after the delivery is recorded).
+    let deadline = std::time::Instant::now() + WAIT;
+    while letter.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead letter stays after a redelivery"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let audit = audit_actions(&plane, &org).await;
     assert!(audit.iter().any(|e| e["action"] == "webhook.redeliver"));
 
@@ -874,7 +928,8 @@ async fn session_and_policy_block_events_from_shipped_audit_arrive_once() {
             .into_inner();
         let expected = if round == 0 { (5, 0) } else { (0, 5) };
         assert_eq!((shipped.inserted, shipped.duplicates), expected);
-        // Queued while the call ran: three events, however often the batch is shipped.
+        // Three events, however often the batch is shipped.
+        wait_deliveries(&plane, &org, &ep, "three queued", |l| l.len() >= 3).await;
         assert_eq!(deliveries(&plane, &org, &ep, "").await.len(), 3);
     }
     wait_deliveries(&plane, &org, &ep, "three delivered", |l| {
@@ -960,5 +1015,192 @@ async fn a_queued_delivery_survives_a_control_plane_restart() {
     assert_eq!(by_id.len(), 1);
     assert_eq!(by_id[id].len(), 1);
     assert_eq!(pending[0].webhook_id.as_deref(), Some(id));
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_targets_are_refused_at_create_and_at_delivery() {
+    let db = tempfile::tempdir().unwrap();
+    let dl = tempfile::tempdir().unwrap();
+    // Created by Gate: owner-only, like the files in it.
+    let letters = dl.path().join("letters");
+    let rx = WebhookReceiver::start().await.expect("receiver");
+    let by_name = format!("http://localhost:{}/hook", rx.port());
+
+    // With private targets allowed (as in the other tests), endpoints on 127.0.0.1 and
+    // localhost are created…
+    let plane = start_plane_custom(
+        db.path(),
+        &delivery_yaml(&letters, "100ms, 100ms", SETTINGS),
+    )
+    .await;
+    let org = setup(&plane, "acme").await;
+    let events = json!(["access.requested"]);
+    let (literal, _) = endpoint(&plane, &org, &rx.url("/hook"), events.clone()).await;
+    let (named, _) = endpoint(&plane, &org, &by_name, events).await;
+    plane.stop().await;
+
+    // …and with the default they are refused, at create and update…
+    let plane = start_plane_custom(
+        db.path(),
+        &delivery_yaml(&letters, "100ms, 100ms", "timeout: 3s"),
+    )
+    .await;
+    for url in [
+        rx.url("/hook"),
+        by_name.clone(),
+        "http://LocalHost./x".into(),
+        "http://169.254.169.254/latest/meta-data".into(),
+        "http://[::1]:9/x".into(),
+        "http://[fd00::1]/x".into(),
+        "https://10.1.2.3/x".into(),
+        "http://0/x".into(),
+    ] {
+        let e = plane
+            .try_call(
+                "POST",
+                "/api/v1/webhooks",
+                Some(&org.admin),
+                Some(&org.id),
+                Some(json!({ "url": url })),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "invalid_argument", "{url}");
+        assert!(
+            e.message.contains("delivery.allow_private_targets"),
+            "{url}: {}",
+            e.message
+        );
+    }
+    let e = plane
+        .try_call(
+            "PATCH",
+            &format!("/api/v1/webhooks/{literal}"),
+            Some(&org.admin),
+            Some(&org.id),
+            Some(json!({"url": "http://127.0.0.2/x"})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "invalid_argument");
+    assert!(e.message.contains("allow_private_targets"), "{}", e.message);
+
+    // …and at delivery, which is what counts for URLs stored earlier, and names that
+    // resolve elsewhere since: every attempt fails as "not allowed", saying nothing more,
+    // and the receiver sees none.
+    request(&plane, &org, "alice").await;
+    for ep in [&literal, &named] {
+        let list = wait_deliveries(&plane, &org, ep, "refused until dead", |l| {
+            l.len() == 1 && l[0]["status"] == "dead"
+        })
+        .await;
+        let dead = &list[0];
+        let error = dead["last_error"].as_str().unwrap();
+        assert!(error.starts_with("target address not allowed"), "{dead}");
+        assert!(
+            !error.contains("127.0.0.1") && !error.contains("localhost"),
+            "{dead}"
+        );
+        assert!(dead["last_status"].is_null(), "{dead}");
+        assert_eq!(dead["attempts"], 3);
+        let letter = letters
+            .join(&org.id)
+            .join(format!("{}.json", dead["id"].as_str().unwrap()));
+        wait_file(&letter).await;
+        assert_eq!(mode(&letter), Some(0o600));
+    }
+    assert_eq!(mode(&letters), Some(0o700));
+    assert_eq!(mode(&letters.join(&org.id)), Some(0o700));
+    assert!(rx.requests().is_empty(), "{:#?}", rx.requests());
+    plane.stop().await;
+}
+
+/// A receiver that accepts connections and never answers: `(url, connections accepted)`.
+/// The connections stay open until the task is aborted.
+async fn black_hole() -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (format!("http://{addr}/hook"), accepted, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_with_hanging_receivers_cannot_take_every_slot() {
+    let db = tempfile::tempdir().unwrap();
+    let dl = tempfile::tempdir().unwrap();
+    // Two requests in flight at most, one per org; a hanging receiver holds its slot for
+    // the whole timeout.
+    let plane = start_plane_custom(
+        db.path(),
+        &delivery_yaml(
+            dl.path(),
+            "10s",
+            "timeout: 6s, max_concurrency: 2, max_concurrency_per_org: 1, \
+             allow_private_targets: true",
+        ),
+    )
+    .await;
+    let slow = setup(&plane, "slow").await;
+    let other = setup(&plane, "other").await;
+    let (hole, accepted, hole_task) = black_hole().await;
+    endpoint(&plane, &slow, &hole, json!(["access.requested"])).await;
+    let rx = WebhookReceiver::start().await.expect("receiver");
+    let (ep, secret) = endpoint(
+        &plane,
+        &other,
+        &rx.url("/hook"),
+        json!(["access.requested"]),
+    )
+    .await;
+    rx.set_secrets(&[&secret]).await.unwrap();
+
+    // Three deliveries of the slow org are due before the other org's one.
+    for _ in 0..3 {
+        request(&plane, &slow, "alice").await;
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no attempt reached the black hole"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    request(&plane, &other, "alice").await;
+    wait_deliveries(
+        &plane,
+        &other,
+        &ep,
+        "delivered beside the hanging org",
+        |l| all_delivered(l, 1),
+    )
+    .await;
+    // Without the per-org cap the slow org would hold both slots until its timeout (6 s).
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "waited {waited:?} behind the slow org"
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the slow org has one request in flight at a time"
+    );
+    // Closing the hanging connections ends the attempts: the shutdown need not wait.
+    hole_task.abort();
     plane.stop().await;
 }

@@ -9,7 +9,7 @@
 
 use serde_json::Value;
 
-use crate::facts::QueryType;
+use crate::facts::{QueryFacts, QueryType};
 use crate::glob::glob_match;
 
 /// One grant's scope. `None` fields cover everything.
@@ -70,14 +70,24 @@ impl GrantScope {
         self.operation.is_none() && self.target.is_none()
     }
 
-    /// Whether this scope covers a SQL statement of type `t`. A `read` scope covers
-    /// `select` and statements that are neither reads nor writes of data (`SET`, `BEGIN`,
-    /// `SHOW`, `EXPLAIN`: class `other`); anything that writes, changes schema, copies or
-    /// could not be parsed is outside it. MCP-only scopes cover no SQL.
-    pub fn covers_query(&self, t: QueryType) -> bool {
+    /// Whether this scope covers a SQL statement. A `read` scope covers `select` and, of
+    /// the statements in class `other`, only those known not to change anything:
+    /// transaction control, `SHOW`, `SET`/`RESET` of settings (not of the role or session
+    /// authorization), `EXPLAIN` without `ANALYZE`, cursor `FETCH`/`CLOSE`, `DEALLOCATE`,
+    /// and MySQL's `USE`/`DESCRIBE`. `CALL`, `EXECUTE`, `LOCK`, `DO` and anything that
+    /// writes, changes schema, copies or could not be parsed are outside it.
+    ///
+    /// A `SELECT` can still call a function with side effects (`setval`, `dblink_exec`);
+    /// for a hard guarantee, pair read grants with a read-only database role. MCP-only
+    /// scopes cover no SQL.
+    pub fn covers_query(&self, facts: &QueryFacts) -> bool {
         match self.operation.as_deref() {
             None => true,
-            Some("read") => matches!(t, QueryType::Select | QueryType::Other),
+            Some("read") => match facts.query_type {
+                QueryType::Select => true,
+                QueryType::Other => changes_nothing(&facts.statement),
+                _ => false,
+            },
             Some(_) => false,
         }
     }
@@ -101,6 +111,62 @@ impl GrantScope {
     }
 }
 
+/// The first words of a statement, upper-cased, after leading comments and parentheses.
+fn leading_words(statement: &str, n: usize) -> Vec<String> {
+    let mut rest = statement;
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
+        if let Some(after) = rest.strip_prefix("--") {
+            rest = after.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(after) = rest.strip_prefix("/*") {
+            rest = after.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            break;
+        }
+    }
+    rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .take(n)
+        .map(str::to_ascii_uppercase)
+        .collect()
+}
+
+/// Whether a statement of class `other` is one that changes no data, schema, role or
+/// lock (see [`GrantScope::covers_query`]). Unknown means no.
+fn changes_nothing(statement: &str) -> bool {
+    let words = leading_words(statement, 4);
+    let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    match word(0) {
+        "BEGIN" | "START" | "COMMIT" | "END" | "ROLLBACK" | "ABORT" | "SAVEPOINT" | "RELEASE"
+        | "SHOW" | "FETCH" | "CLOSE" | "DEALLOCATE" | "USE" | "DESCRIBE" | "DESC" => true,
+        "SET" | "RESET" => {
+            // `SET [SESSION|LOCAL] ROLE …`, `SET SESSION AUTHORIZATION …`, `RESET ROLE`,
+            // `RESET ALL` (which resets the role too) change who the session acts as;
+            // MySQL's `SET GLOBAL`/`PERSIST` (and `@@global.x`) change the whole server.
+            let target = match word(1) {
+                "SESSION" | "LOCAL" => word(2),
+                other => other,
+            };
+            !matches!(
+                target,
+                "ROLE"
+                    | "AUTHORIZATION"
+                    | "ALL"
+                    | "SESSION"
+                    | "GLOBAL"
+                    | "PERSIST"
+                    | "PERSIST_ONLY"
+            )
+        }
+        "EXPLAIN" => {
+            // EXPLAIN ANALYZE runs the statement.
+            let upper = statement.to_ascii_uppercase();
+            !upper.contains("ANALYZE") && !upper.contains("ANALYSE")
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,11 +186,18 @@ mod tests {
         assert!(GrantScope::from_json(&json!(["read"])).is_err());
     }
 
+    fn q(t: QueryType, statement: &str) -> QueryFacts {
+        QueryFacts {
+            query_type: t,
+            statement: statement.into(),
+            tables: Vec::new(),
+        }
+    }
+
     #[test]
     fn read_covers_reads_only() {
         let read = GrantScope::from_json(&json!({"operation": "read"})).unwrap();
-        assert!(read.covers_query(QueryType::Select));
-        assert!(read.covers_query(QueryType::Other));
+        assert!(read.covers_query(&q(QueryType::Select, "SELECT 1")));
         for t in [
             QueryType::Insert,
             QueryType::Update,
@@ -133,9 +206,60 @@ mod tests {
             QueryType::Copy,
             QueryType::Unknown,
         ] {
-            assert!(!read.covers_query(t), "{t:?}");
+            assert!(!read.covers_query(&q(t, "whatever")), "{t:?}");
         }
-        assert!(GrantScope::everything().covers_query(QueryType::Drop));
+        assert!(GrantScope::everything().covers_query(&q(QueryType::Drop, "DROP TABLE t")));
+    }
+
+    #[test]
+    fn read_covers_only_the_harmless_other_statements() {
+        let read = GrantScope::from_json(&json!({"operation": "read"})).unwrap();
+        for ok in [
+            "BEGIN",
+            "start transaction read only",
+            "COMMIT",
+            "rollback",
+            "SAVEPOINT a",
+            "SHOW search_path",
+            "SET statement_timeout = 0",
+            "set local work_mem = '64MB'",
+            "SET NAMES utf8mb4",
+            "RESET statement_timeout",
+            "EXPLAIN SELECT 1",
+            "  /* hint */ -- note\n SHOW ALL",
+            "FETCH 10 FROM c",
+            "DEALLOCATE p1",
+            "USE appdb",
+            "DESCRIBE users",
+        ] {
+            assert!(read.covers_query(&q(QueryType::Other, ok)), "{ok}");
+        }
+        for refused in [
+            "CALL archive_everything()",
+            "EXECUTE p1",
+            "LOCK TABLE users",
+            "DO $$ BEGIN DELETE FROM users; END $$",
+            "SET ROLE admin",
+            "SET SESSION ROLE admin",
+            "set local role admin",
+            "SET SESSION AUTHORIZATION postgres",
+            "SET GLOBAL max_connections = 1",
+            "SET @@global.read_only = 0",
+            "SET PERSIST x = 1",
+            "RESET ROLE",
+            "RESET ALL",
+            "EXPLAIN ANALYZE DELETE FROM users",
+            "EXPLAIN (ANALYZE, BUFFERS) SELECT 1",
+            "VACUUM users",
+            "LISTEN x",
+            "",
+            "/* unterminated",
+        ] {
+            assert!(
+                !read.covers_query(&q(QueryType::Other, refused)),
+                "{refused}"
+            );
+        }
     }
 
     #[test]
@@ -145,7 +269,7 @@ mod tests {
         assert!(tool.covers_item("tool", "customer_lookup"));
         assert!(!tool.covers_item("tool", "delete_customer"));
         assert!(!tool.covers_item("prompt", "customer_lookup"));
-        assert!(!tool.covers_query(QueryType::Select));
+        assert!(!tool.covers_query(&q(QueryType::Select, "SELECT 1")));
         let any_tool = GrantScope::from_json(&json!({"operation": "tool"})).unwrap();
         assert!(any_tool.covers_item("tool", "anything"));
         assert_eq!(tool.describe(), "tool customer_*");

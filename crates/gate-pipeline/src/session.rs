@@ -9,7 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use gate_core::audit::AuditIdentity;
 use gate_core::config::ResourceConfig;
 use gate_core::{
-    Action, AuditEvent, AuditKind, ColumnFacts, Decision, Identity, QueryFacts, RequestFacts, Stage,
+    Action, AuditEvent, AuditKind, ColumnFacts, Decision, Identity, QueryFacts, QueryType,
+    RequestFacts, Stage,
 };
 use gate_enforcement::{MaskPlan, Masker};
 use gate_recording::{EntryError, QueryEntry, SessionHeader, SessionRecorder, SessionSummary};
@@ -171,6 +172,8 @@ pub struct Session {
     eval_histograms: [[OnceLock<Histogram>; 5]; 3],
     /// Per (stage, action) decision counters, resolved once per session likewise.
     decision_counters: [[OnceLock<prometheus::IntCounter>; 5]; 3],
+    /// `pre_request` decisions reused for statements the policies cannot tell apart.
+    decision_cache: std::sync::Mutex<DecisionCache>,
     request_histogram: Histogram,
     /// Set (with the reason) when an operator ends the session.
     termination: Option<tokio::sync::watch::Receiver<Option<String>>>,
@@ -246,6 +249,7 @@ impl Pipeline {
             errors: AtomicU64::new(0),
             eval_histograms: Default::default(),
             decision_counters: Default::default(),
+            decision_cache: Default::default(),
             request_histogram: self.metrics.request_duration.with_label_values(&labels),
             termination: None,
             dry_runs: Default::default(),
@@ -350,18 +354,54 @@ impl Session {
     /// `pre_request`: what to do with one request. Policy errors block (fail closed) with the
     /// reason; every decision is audited.
     pub async fn decide(&self, facts: &QueryFacts) -> Decision {
-        if let Some(why) = self
-            .outside_grant(|s| s.covers_query(facts.query_type))
-            .await
-        {
+        if let Some(why) = self.outside_grant(|s| s.covers_query(facts)).await {
             return self.deny(facts, &why).await;
         }
-        let decision = self.evaluate(Stage::PreRequest, Some(facts), None);
+        let decision = self.decide_cached(facts);
         if decision.is_block() {
             self.blocked.fetch_add(1, Ordering::Relaxed);
         }
         self.audit_decision(Stage::PreRequest, &decision, Some(facts))
             .await;
+        decision
+    }
+
+    /// The `pre_request` decision for `facts`, evaluated or, when the policies read no
+    /// more of the query than its type and tables, reused from an earlier statement of
+    /// the session with the same type and tables ([`gate_policy::QueryDependence`]). Only
+    /// successful evaluations are reused; a policy change empties the cache.
+    fn decide_cached(&self, facts: &QueryFacts) -> Decision {
+        let policies = self.pipeline.policies();
+        let gate_policy::QueryDependence::Fields { query_type, tables } =
+            policies.query_dependence()
+        else {
+            return self.evaluate(Stage::PreRequest, Some(facts), None);
+        };
+        // Targeted and dry-run policies are resolved per request (and dry runs audited).
+        if policies.has_targeting() || !policies.has_stage(Stage::PreRequest) {
+            return self.evaluate(Stage::PreRequest, Some(facts), None);
+        }
+        let key_type = query_type.then_some(facts.query_type);
+        let key_tables: &[String] = if tables { &facts.tables } else { &[] };
+        {
+            let mut cache = self
+                .decision_cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if !cache.is_for(&policies) {
+                *cache = DecisionCache::for_policies(Arc::clone(&policies));
+            }
+            if let Some(d) = cache.get(key_type, key_tables) {
+                return d;
+            }
+        }
+        let (decision, ok) = self.evaluate_checked(Stage::PreRequest, Some(facts), None);
+        if ok {
+            self.decision_cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .put(&policies, key_type, key_tables, &decision);
+        }
         decision
     }
 
@@ -419,7 +459,7 @@ impl Session {
     /// block (fail closed); every decision is audited.
     pub async fn decide_request(&self, facts: &RequestFacts) -> Decision {
         let covered = |s: &gate_core::GrantScope| match facts {
-            RequestFacts::Query(q) => s.covers_query(q.query_type),
+            RequestFacts::Query(q) => s.covers_query(q),
             // Narrow scopes name database or MCP operations; none covers a shell.
             RequestFacts::Ssh(_) => s.is_everything(),
         };
@@ -633,7 +673,18 @@ impl Session {
         query: Option<&QueryFacts>,
         columns: Option<&[ColumnFacts]>,
     ) -> Decision {
-        self.evaluate_input(stage, |base| {
+        self.evaluate_checked(stage, query, columns).0
+    }
+
+    /// Like [`Session::evaluate`], also telling whether the policies answered (`false`:
+    /// the decision is the fail-closed block of an evaluation error).
+    fn evaluate_checked(
+        &self,
+        stage: Stage,
+        query: Option<&QueryFacts>,
+        columns: Option<&[ColumnFacts]>,
+    ) -> (Decision, bool) {
+        self.evaluate_input_checked(stage, |base| {
             if stage == Stage::PostRequest {
                 base.with(&RequestInput {
                     query: query.map(|q| ShapeQuery {
@@ -656,9 +707,19 @@ impl Session {
             &gate_policy::PolicyInput,
         ) -> Result<gate_policy::PolicyInput, gate_policy::PolicyError>,
     ) -> Decision {
+        self.evaluate_input_checked(stage, extend).0
+    }
+
+    fn evaluate_input_checked(
+        &self,
+        stage: Stage,
+        extend: impl FnOnce(
+            &gate_policy::PolicyInput,
+        ) -> Result<gate_policy::PolicyInput, gate_policy::PolicyError>,
+    ) -> (Decision, bool) {
         let policies = self.pipeline.policies();
         if !policies.has_stage(stage) {
-            return Decision::allow();
+            return (Decision::allow(), true);
         }
         let started = Instant::now();
         let input = match &self.base_input {
@@ -682,6 +743,7 @@ impl Session {
                 policies.evaluate_input(stage, &i)
             }
         });
+        let ok = evaluated.is_ok();
         let decision = match evaluated {
             Ok(d) => d,
             Err(e) => {
@@ -699,7 +761,7 @@ impl Session {
             ])
         })
         .observe(started.elapsed().as_secs_f64());
-        decision
+        (decision, ok)
     }
 
     async fn audit_decision(&self, stage: Stage, decision: &Decision, facts: Option<&QueryFacts>) {
@@ -825,6 +887,7 @@ impl Drop for Session {
                 errors: AtomicU64::new(self.errors.load(Ordering::Relaxed)),
                 eval_histograms: Default::default(),
                 decision_counters: Default::default(),
+                decision_cache: Default::default(),
                 request_histogram: self.request_histogram.clone(),
                 termination: None,
                 dry_runs: Default::default(),
@@ -836,6 +899,54 @@ impl Drop for Session {
             } else {
                 orphan.closed = true;
             }
+        }
+    }
+}
+
+/// A session's reusable `pre_request` decisions, valid for one policy snapshot.
+#[derive(Default)]
+struct DecisionCache {
+    /// The snapshot the entries were made with (held, so its address is not reused).
+    policies: Option<Arc<gate_policy::PolicySet>>,
+    /// (type if the policies read it, tables if they read them) → decision. A short list:
+    /// a session uses a handful of statement shapes, and a lookup allocates nothing.
+    entries: Vec<(Option<QueryType>, Vec<String>, Decision)>,
+}
+
+/// Entries kept per session; beyond that, decisions are evaluated afresh.
+const DECISION_CACHE_ENTRIES: usize = 64;
+
+impl DecisionCache {
+    fn for_policies(policies: Arc<gate_policy::PolicySet>) -> DecisionCache {
+        DecisionCache {
+            policies: Some(policies),
+            entries: Vec::new(),
+        }
+    }
+
+    fn is_for(&self, policies: &Arc<gate_policy::PolicySet>) -> bool {
+        self.policies
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, policies))
+    }
+
+    fn get(&self, query_type: Option<QueryType>, tables: &[String]) -> Option<Decision> {
+        self.entries
+            .iter()
+            .find(|(t, tb, _)| *t == query_type && tb.as_slice() == tables)
+            .map(|(_, _, d)| d.clone())
+    }
+
+    fn put(
+        &mut self,
+        policies: &Arc<gate_policy::PolicySet>,
+        query_type: Option<QueryType>,
+        tables: &[String],
+        decision: &Decision,
+    ) {
+        if self.is_for(policies) && self.entries.len() < DECISION_CACHE_ENTRIES {
+            self.entries
+                .push((query_type, tables.to_vec(), decision.clone()));
         }
     }
 }

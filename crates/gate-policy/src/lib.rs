@@ -32,6 +32,7 @@
 //!
 //! Every error means "deny": callers fail closed.
 
+mod dependence;
 mod guard;
 pub mod testing;
 mod to_value;
@@ -50,6 +51,8 @@ use regorus::rvm::vm::{RegoVM, VmError};
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, LimitError, Value};
 use thread_local::ThreadLocal;
+
+pub use dependence::{QueryDependence, query_dependence};
 
 pub use to_value::{ToValueError, to_value};
 
@@ -256,6 +259,8 @@ pub struct PolicySet {
     /// Source indices per stage, in source order (indexed by [`stage_index`]).
     by_stage: [Vec<usize>; 3],
     limits: EvalLimits,
+    /// What of `input.query` any of these policies can read (see [`QueryDependence`]).
+    query_dependence: QueryDependence,
     /// Per-thread evaluators, one slot per source, created on first use.
     runners: ThreadLocal<RefCell<Vec<Option<Runner>>>>,
 }
@@ -293,7 +298,9 @@ impl PolicySet {
         let limits = options.limits;
         let mut compiled = Vec::with_capacity(sources.len());
         let mut by_stage: [Vec<usize>; 3] = Default::default();
+        let mut dependence = QueryDependence::none();
         for source in sources {
+            dependence = dependence.and(query_dependence(&source.text));
             let c = compile_source(&source, &options)?;
             by_stage[stage_index(source.stage)].push(compiled.len());
             compiled.push(c);
@@ -302,6 +309,7 @@ impl PolicySet {
             sources: compiled,
             by_stage,
             limits,
+            query_dependence: dependence,
             runners: ThreadLocal::new(),
         })
     }
@@ -321,8 +329,16 @@ impl PolicySet {
             sources: Vec::new(),
             by_stage: Default::default(),
             limits: EvalLimits::default(),
+            query_dependence: QueryDependence::none(),
             runners: ThreadLocal::new(),
         }
+    }
+
+    /// What of `input.query` these policies can read: when it is only the type and the
+    /// tables, a `pre_request` decision holds for every statement of that type on those
+    /// tables within a session (the rest of the input is the session's).
+    pub fn query_dependence(&self) -> QueryDependence {
+        self.query_dependence
     }
 
     pub fn has_stage(&self, stage: Stage) -> bool {

@@ -631,14 +631,28 @@ impl Store {
         now: i64,
         limit: u32,
     ) -> Result<Vec<(OrgId, Uuid, i64)>> {
+        self.due_webhook_deliveries_per_org(now, limit, limit).await
+    }
+
+    /// Like [`Store::due_webhook_deliveries`], with at most `per_org` deliveries of any one
+    /// org (its earliest): one org's backlog cannot fill the list and hide the others'.
+    pub async fn due_webhook_deliveries_per_org(
+        &self,
+        now: i64,
+        limit: u32,
+        per_org: u32,
+    ) -> Result<Vec<(OrgId, Uuid, i64)>> {
         let rows = sqlx::query(
-            "SELECT d.org_id AS org_id, d.id AS id, d.next_attempt_at AS next_attempt_at \
+            "SELECT org_id, id, next_attempt_at FROM (\
+             SELECT d.org_id AS org_id, d.id AS id, d.next_attempt_at AS next_attempt_at, \
+             ROW_NUMBER() OVER (PARTITION BY d.org_id ORDER BY d.next_attempt_at, d.id) AS n \
              FROM webhook_deliveries d JOIN webhook_endpoints e \
              ON e.org_id = d.org_id AND e.id = d.endpoint_id \
-             WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND e.disabled = 0 \
-             ORDER BY d.next_attempt_at, d.id LIMIT $2",
+             WHERE d.status = 'pending' AND d.next_attempt_at <= $1 AND e.disabled = 0\
+             ) due WHERE n <= $2 ORDER BY next_attempt_at, id LIMIT $3",
         )
         .bind(now)
+        .bind(i64::from(per_org.max(1)))
         .bind(i64::from(limit.max(1)))
         .fetch_all(&self.pool)
         .await?;
@@ -654,10 +668,10 @@ impl Store {
     }
 
     /// Claims a due delivery for one attempt: if it is still pending and still due at
-    /// `due_at` (nobody claimed it since it was listed), counts the attempt and moves
-    /// `next_attempt_at` to `lease_until`, when another worker may take it over should this
-    /// one never report. Returns the claimed delivery, or `None` when another worker was
-    /// faster or it is gone.
+    /// `due_at` (nobody claimed it since it was listed) and its endpoint is still enabled,
+    /// counts the attempt and moves `next_attempt_at` to `lease_until`, when another worker
+    /// may take it over should this one never report. Returns the claimed delivery, or
+    /// `None` when another worker was faster, the endpoint was disabled, or it is gone.
     pub async fn claim_webhook_delivery(
         &self,
         org: OrgId,
@@ -668,7 +682,9 @@ impl Store {
         let row = sqlx::query(concat!(
             "UPDATE webhook_deliveries SET attempts = attempts + 1, next_attempt_at = $4, \
              last_attempt_at = $5 WHERE org_id = $1 AND id = $2 AND status = 'pending' \
-             AND next_attempt_at = $3 RETURNING ",
+             AND next_attempt_at = $3 AND EXISTS (SELECT 1 FROM webhook_endpoints e \
+             WHERE e.org_id = webhook_deliveries.org_id \
+             AND e.id = webhook_deliveries.endpoint_id AND e.disabled = 0) RETURNING ",
             delivery_cols!()
         ))
         .bind(org.to_string())
@@ -732,6 +748,32 @@ impl Store {
         .bind(http_status.map(i64::from))
         .bind(error)
         .bind(delivered_at)
+        .bind(claimed.next_attempt_at)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(delivery_from_row).transpose()
+    }
+
+    /// Gives back the claim `claimed` without an attempt made (its endpoint was disabled
+    /// after the claim): the attempt is not counted, and the delivery is due again at
+    /// `due_at` (not listed as due while its endpoint stays disabled). Its last status and
+    /// error stay those of the last real attempt. Fenced like
+    /// [`Store::record_webhook_attempt`]: `None` when the claim is no longer current.
+    pub async fn release_webhook_delivery(
+        &self,
+        claimed: &WebhookDelivery,
+        due_at: i64,
+    ) -> Result<Option<WebhookDelivery>> {
+        let row = sqlx::query(concat!(
+            "UPDATE webhook_deliveries SET attempts = attempts - 1, next_attempt_at = $4 \
+             WHERE org_id = $1 AND id = $2 AND status = 'pending' AND attempts = $3 \
+             AND attempts > 0 AND next_attempt_at = $5 RETURNING ",
+            delivery_cols!()
+        ))
+        .bind(claimed.org_id.to_string())
+        .bind(claimed.id.to_string())
+        .bind(claimed.attempts)
+        .bind(due_at)
         .bind(claimed.next_attempt_at)
         .fetch_optional(&self.pool)
         .await?;
@@ -903,6 +945,138 @@ mod tests {
             }
         );
         assert!(!printed.contains(key) && !printed.contains(&b));
+    }
+
+    #[tokio::test]
+    async fn due_lists_are_fair_and_a_released_claim_costs_no_attempt_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("gate.db").display());
+        let store = Store::connect(&crate::StoreOptions::new(url))
+            .await
+            .unwrap();
+        fair_lists_and_released_claims(store).await;
+    }
+
+    #[tokio::test]
+    async fn due_lists_are_fair_and_a_released_claim_costs_no_attempt_postgres() {
+        let url = tokio::task::spawn_blocking(|| {
+            let pg = gate_test_support::postgres::PgServer::shared();
+            let db = format!("gate_store_wh_{}", Uuid::new_v4().simple());
+            pg.superuser_psql(
+                "postgres",
+                &format!("CREATE DATABASE {db} OWNER {};", pg.app_user()),
+            )
+            .unwrap();
+            format!(
+                "postgres://{}:{}@{}:{}/{db}",
+                pg.app_user(),
+                pg.app_password(),
+                pg.host(),
+                pg.port()
+            )
+        })
+        .await
+        .unwrap();
+        let mut options = crate::StoreOptions::new(url);
+        options.max_open_conns = 5;
+        fair_lists_and_released_claims(Store::connect(&options).await.unwrap()).await;
+    }
+
+    /// The worker's per-org listing, and a claim given back without an attempt.
+    async fn fair_lists_and_released_claims(store: Store) {
+        let busy = store.create_org("busy").await.unwrap().id;
+        let quiet = store.create_org("quiet").await.unwrap().id;
+        let input = |url: &str| WebhookEndpointInput {
+            url: url.into(),
+            description: String::new(),
+            events: None,
+        };
+        let (b, _) = store
+            .create_webhook_endpoint(busy, &input("https://b.example/"))
+            .await
+            .unwrap();
+        let (q, _) = store
+            .create_webhook_endpoint(quiet, &input("https://q.example/"))
+            .await
+            .unwrap();
+        for i in 0..10 {
+            let event = format!("evt_b{i}");
+            store
+                .enqueue_webhook_deliveries(busy, &[b.id], &event, "access.approved", "{}")
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        store
+            .enqueue_webhook_deliveries(quiet, &[q.id], "evt_q", "access.approved", "{}")
+            .await
+            .unwrap();
+        let now = now_ms() + 1;
+
+        // Earliest first, the busy org's backlog hides the quiet org's delivery…
+        let plain = store.due_webhook_deliveries(now, 4).await.unwrap();
+        assert_eq!(plain.len(), 4);
+        assert!(plain.iter().all(|(org, _, _)| *org == busy));
+        // …unless each org lists at most its share.
+        let fair = store
+            .due_webhook_deliveries_per_org(now, 4, 2)
+            .await
+            .unwrap();
+        let count = |org| fair.iter().filter(|(o, _, _)| *o == org).count();
+        assert_eq!((count(busy), count(quiet)), (2, 1), "{fair:?}");
+        assert!(fair.windows(2).all(|w| w[0].2 <= w[1].2), "earliest first");
+
+        // A claim given back (the endpoint was disabled meanwhile) costs no attempt, and
+        // only the current claim can give it back or record an outcome.
+        let (_, id, due_at) = *fair.iter().find(|(o, _, _)| *o == quiet).unwrap();
+        let claimed = store
+            .claim_webhook_delivery(quiet, id, due_at, now + 60_000)
+            .await
+            .unwrap()
+            .expect("claimed");
+        assert_eq!(claimed.attempts, 1);
+        let released = store
+            .release_webhook_delivery(&claimed, now)
+            .await
+            .unwrap()
+            .expect("released");
+        assert_eq!(released.attempts, 0);
+        assert_eq!(released.status, DeliveryStatus::Pending);
+        assert_eq!(released.next_attempt_at, now);
+        assert!(
+            store
+                .release_webhook_delivery(&claimed, now)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .record_webhook_attempt(&claimed, &DeliveryOutcome::Delivered { status: 200 })
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // A delivery of a disabled endpoint is not claimed (nor listed).
+        assert!(
+            store
+                .disable_webhook_endpoint(quiet, q.id, "test")
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .claim_webhook_delivery(quiet, id, now, now + 60_000)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let due = store
+            .due_webhook_deliveries_per_org(now, 100, 100)
+            .await
+            .unwrap();
+        assert!(due.iter().all(|(org, _, _)| *org == busy));
+        assert_eq!(due.len(), 10);
     }
 
     #[test]

@@ -15,7 +15,10 @@
 //!   `invalid_auth`.
 //! - **Outages**: [`FakeSlack::set_failure`] makes every Web API call fail with an HTTP
 //!   status ([`Failure::Http`]) or `ok: false` ([`Failure::NotOk`]) until it is set back to
-//!   [`Failure::None`]. Failed calls are recorded too (`failed: true`).
+//!   [`Failure::None`]. Failed calls are recorded too (`failed: true`). [`Failure::Late`]
+//!   is the other kind of trouble: every call is carried out (a message is posted) but
+//!   answered only after a delay, so a caller with a shorter timeout sees a timeout for a
+//!   call that did happen (recorded with `failed: false`).
 //! - **Messages**: what `chat.postMessage` posted and `chat.update` changed, as the channel
 //!   would show it now ([`FakeSlack::messages`], [`FakeSlack::wait_for_message`]).
 //! - **`response_url`s**: each interaction gets a fresh one on this server
@@ -62,6 +65,8 @@ pub enum Failure {
     Http(u16),
     /// Every call answers `{"ok": false, "error": <this>}` (e.g. `internal_error`).
     NotOk(String),
+    /// Every call is carried out as usual, but answered only after this long.
+    Late(Duration),
 }
 
 /// How an interaction is signed.
@@ -251,15 +256,31 @@ async fn api(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let body = body_json(&headers, &body);
+    let late = match shared.lock().failure {
+        Some(Failure::Late(delay)) => Some(delay),
+        _ => None,
+    };
+    let response = api_now(&shared, &method, &headers, &body);
+    if let Some(delay) = late {
+        tokio::time::sleep(delay).await;
+    }
+    response
+}
+
+/// A Web API call, carried out and answered at once.
+fn api_now(shared: &Shared, method: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+    let body = body_json(headers, body);
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let mut inner = shared.lock();
-    let failure = inner.failure.clone().filter(|f| *f != Failure::None);
+    let failure = inner
+        .failure
+        .clone()
+        .filter(|f| matches!(f, Failure::Http(_) | Failure::NotOk(_)));
     inner.calls.push(Call {
-        method: method.clone(),
+        method: method.to_string(),
         body: body.clone(),
         authorization: authorization.clone(),
         failed: failure.is_some(),
@@ -281,7 +302,7 @@ async fn api(
         _ if authorization.as_deref() != Some(&format!("Bearer {}", shared.token)) => {
             not_ok("invalid_auth")
         }
-        _ => answer(&shared, &mut inner, &method, &body),
+        _ => answer(shared, &mut inner, method, &body),
     };
     drop(inner);
     shared.bump();

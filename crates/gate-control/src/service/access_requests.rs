@@ -131,15 +131,10 @@ async fn require_approver(
     Ok(())
 }
 
-/// Publishes what happened to `r` to the integrations.
-async fn publish(ctl: &Control, org: OrgId, kind: EventKind, r: &AccessRequest) {
-    let resource_id = ctl
-        .store()
-        .get_resource_by_name(org, &r.resource)
-        .await
-        .ok()
-        .map(|res| res.id);
-    ctl.publish(Event::access(kind, org, r, resource_id)).await;
+/// Publishes what happened to `r` to the integrations (synchronously: see
+/// [`Control::publish`]).
+fn publish(ctl: &Control, org: OrgId, kind: EventKind, r: &AccessRequest) {
+    ctl.publish(Event::access(kind, org, r, None));
 }
 
 /// Files a request for the acting identity (which must exist and be enabled) on an
@@ -174,6 +169,7 @@ pub async fn create_access_request(
         .create_access_request(org, &input, rules.pending_ttl_s, now_ms())
         .await
         .map_err(store_error)?;
+    publish(ctl, org, EventKind::AccessRequested, &r);
     record_change(
         ctl,
         caller,
@@ -183,7 +179,6 @@ pub async fn create_access_request(
         event(&r),
     )
     .await;
-    publish(ctl, org, EventKind::AccessRequested, &r).await;
     Ok(r)
 }
 
@@ -310,9 +305,10 @@ async fn transitioned(
         EventKind::AccessRevoked => "access_request.revoke",
         _ => "access_request.update",
     };
-    record_change(ctl, caller, org, action, &r.id.to_string(), details).await;
+    // Before the first `.await`: the transition has committed (see [`Control::publish`]).
     ctl.notify_change();
-    publish(ctl, org, kind, &r).await;
+    publish(ctl, org, kind, &r);
+    record_change(ctl, caller, org, action, &r.id.to_string(), details).await;
     r
 }
 
@@ -486,7 +482,7 @@ pub async fn expire_once(ctl: &Control, now: i64) -> usize {
                 tracing::error!(org = %org.id, %id, error = %e, "access expiry not audited");
             }
             if let Some(r) = &request {
-                publish(ctl, org.id, EventKind::AccessExpired, r).await;
+                publish(ctl, org.id, EventKind::AccessExpired, r);
             }
         }
         total += ids.len();

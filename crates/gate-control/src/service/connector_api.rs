@@ -232,7 +232,7 @@ pub async fn ship_audit(
                 .and_then(|id| Uuid::parse_str(id).ok())
                 .is_some_and(|id| new_ids.contains(&id));
             if is_new && let Some(e) = audit_to_event(org, connector, event) {
-                ctl.publish(e).await;
+                ctl.publish(e);
             }
         }
     }

@@ -70,7 +70,7 @@ pub struct DeliveryFilter {
 }
 
 /// Receivers are HTTP(S) URLs with a host.
-fn check_url(url: &str) -> ServiceResult<()> {
+fn check_url(url: &str) -> ServiceResult<reqwest::Url> {
     let parsed = reqwest::Url::parse(url.trim())
         .map_err(|e| ServiceError::invalid(format!("webhook url is not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
@@ -87,7 +87,20 @@ fn check_url(url: &str) -> ServiceResult<()> {
             "webhook url has surrounding whitespace",
         ));
     }
-    Ok(())
+    Ok(parsed)
+}
+
+/// A URL fit to receive webhooks from this control plane: [`check_url`], and unless the
+/// operator set `delivery.allow_private_targets`, a public address (see
+/// [`crate::webhooks::target`]; each delivery attempt checks again).
+async fn check_target(ctl: &Control, url: &str) -> ServiceResult<()> {
+    let parsed = check_url(url)?;
+    if crate::webhooks::target::allow_private(ctl) {
+        return Ok(());
+    }
+    crate::webhooks::target::check_url_target(&parsed)
+        .await
+        .map_err(ServiceError::invalid)
 }
 
 /// Every filter entry must select at least one event type.
@@ -125,10 +138,10 @@ pub async fn create_webhook_endpoint(
     input: WebhookEndpointInput,
 ) -> ServiceResult<EndpointWithSecret> {
     let org = caller.require(Access::Admin)?;
-    check_url(&input.url)?;
     if let Some(events) = &input.events {
         check_events(events)?;
     }
+    check_target(ctl, &input.url).await?;
     let (endpoint, secret) = ctl
         .store()
         .create_webhook_endpoint(org, &input)
@@ -169,8 +182,9 @@ pub async fn get_webhook_endpoint(
         .map_err(store_error)
 }
 
-/// Changes the URL, description, event filter or disabled flag. Enabling an endpoint that
-/// a 410 disabled sends what queued up for it meanwhile.
+/// Changes the URL, description, event filter or disabled flag. Nothing is queued for a
+/// disabled endpoint, so enabling one sends only events from then on (and deliveries an
+/// admin redelivers); deliveries that were pending when it was disabled resume.
 pub async fn update_webhook_endpoint(
     ctl: &Control,
     caller: &Caller,
@@ -178,11 +192,11 @@ pub async fn update_webhook_endpoint(
     update: WebhookEndpointUpdate,
 ) -> ServiceResult<WebhookEndpoint> {
     let org = caller.require(Access::Admin)?;
-    if let Some(url) = &update.url {
-        check_url(url)?;
-    }
     if let Some(events) = &update.events {
         check_events(events)?;
+    }
+    if let Some(url) = &update.url {
+        check_target(ctl, url).await?;
     }
     let reason = format!("disabled by {}", caller.actor);
     let endpoint = ctl

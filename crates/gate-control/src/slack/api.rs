@@ -5,8 +5,11 @@
 //! read methods take form fields, as Slack documents for them. A response is
 //! `{"ok": true, …}` or `{"ok": false, "error": "…"}`. Each [`ApiError`] says whether it is
 //! worth retrying (network errors, timeouts, HTTP 429 with its `Retry-After`, 5xx, and
-//! Slack's own transient errors) or not (everything else, e.g. `channel_not_found`), so
-//! the worker knows whether to try again.
+//! Slack's own transient errors) or not (everything else, e.g. `channel_not_found`), and
+//! whether Slack may have carried the call out although it failed
+//! ([`ApiError::maybe_done`]: a timeout or broken connection after the request was sent,
+//! an unreadable answer), so the worker knows whether to try again — and whether a call
+//! that is not idempotent (`chat.postMessage`) may be.
 //!
 //! The token is never logged: errors name the method and what went wrong, not the request.
 
@@ -19,13 +22,15 @@ use crate::config::SecretString;
 /// Slack's answers are small; anything bigger than this is not an answer.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
-/// Slack `error` codes that mean "try again later".
-const TRANSIENT_ERRORS: [&str; 5] = [
-    "ratelimited",
-    "internal_error",
-    "fatal_error",
-    "service_unavailable",
-    "request_timeout",
+/// Slack `error` codes that mean "try again later", and whether Slack may have done
+/// (part of) the call anyway: Slack documents that for `internal_error` and `fatal_error`
+/// ("it's possible some aspect of the operation succeeded").
+const TRANSIENT_ERRORS: [(&str, bool); 5] = [
+    ("ratelimited", false),
+    ("service_unavailable", false),
+    ("request_timeout", false),
+    ("internal_error", true),
+    ("fatal_error", true),
 ];
 
 /// A failed call: what went wrong, and whether trying again may help.
@@ -35,6 +40,12 @@ pub struct ApiError {
     pub message: String,
     /// Network errors, timeouts, HTTP 429 and 5xx, Slack's transient errors.
     pub retryable: bool,
+    /// Slack may have carried the call out: the request was sent and then the answer was
+    /// lost (a timeout, a broken connection, an unreadable answer) or was an error that
+    /// may follow partial success. Only `false` is safe to retry for a call that is not
+    /// idempotent. `false` for connect errors (nothing sent), HTTP 429 and 5xx and the
+    /// other transient `ok: false` answers.
+    pub maybe_done: bool,
     /// How long Slack asked us to wait (HTTP 429 `Retry-After`).
     pub retry_after: Option<Duration>,
     /// Slack's `error` code of an `ok: false` answer.
@@ -42,12 +53,22 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// Worth retrying; Slack did nothing.
     fn retryable(message: String) -> ApiError {
         ApiError {
             message,
             retryable: true,
+            maybe_done: false,
             retry_after: None,
             slack_error: None,
+        }
+    }
+
+    /// Worth retrying, but Slack may have done it already.
+    fn ambiguous(message: String) -> ApiError {
+        ApiError {
+            maybe_done: true,
+            ..ApiError::retryable(message)
         }
     }
 
@@ -55,6 +76,7 @@ impl ApiError {
         ApiError {
             message: message.into(),
             retryable: false,
+            maybe_done: false,
             retry_after: None,
             slack_error: None,
         }
@@ -132,7 +154,7 @@ impl SlackApi {
         }
         let body = read_limited(method, response).await?;
         let value: Value = serde_json::from_slice(&body)
-            .map_err(|_| ApiError::retryable(format!("{method}: the answer is not JSON")))?;
+            .map_err(|_| ApiError::ambiguous(format!("{method}: the answer is not JSON")))?;
         if value.get("ok").and_then(Value::as_bool) == Some(true) {
             return Ok(value);
         }
@@ -143,17 +165,30 @@ impl SlackApi {
             .chars()
             .take(100)
             .collect::<String>();
+        let transient = TRANSIENT_ERRORS.iter().find(|(code, _)| *code == error);
         Err(ApiError {
             message: format!("{method}: Slack answered {error}"),
-            retryable: TRANSIENT_ERRORS.contains(&error.as_str()),
+            retryable: transient.is_some(),
+            maybe_done: transient.is_some_and(|(_, maybe_done)| *maybe_done),
             retry_after: None,
             slack_error: Some(error),
         })
     }
 
+    /// A failure to get an answer. Only a connect error (refused, unreachable, DNS, TLS,
+    /// connect timeout) proves the request was not sent; after that — a timeout, a
+    /// dropped connection, a broken body — Slack may have acted on it.
     fn transport(method: &str, e: reqwest::Error) -> ApiError {
         // Without the URL: it is ours, and the error is about getting there.
-        ApiError::retryable(format!("{method}: {}", e.without_url()))
+        let (builder, connect) = (e.is_builder(), e.is_connect());
+        let message = format!("{method}: {}", e.without_url());
+        if builder {
+            ApiError::permanent(message)
+        } else if connect {
+            ApiError::retryable(message)
+        } else {
+            ApiError::ambiguous(message)
+        }
     }
 
     /// A JSON method.
@@ -304,7 +339,13 @@ async fn read_limited(method: &str, mut response: reqwest::Response) -> ApiResul
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
-            Err(e) => return Err(SlackApi::transport(method, e)),
+            // The status line came: the call was made.
+            Err(e) => {
+                return Err(ApiError::ambiguous(format!(
+                    "{method}: reading the answer: {}",
+                    e.without_url()
+                )));
+            }
         }
     }
 }
@@ -323,5 +364,125 @@ mod tests {
         assert!(!ok("http://127.0.0.1:4001/response/1"));
         assert!(!ok("https://evil.example/hooks.slack.com"));
         assert!(!ok("https://hooks.slack.com.evil.example/x"));
+    }
+
+    /// A one-shot server on a free loopback port: reads a request, then answers `answer`
+    /// (raw HTTP), or never answers when it is `None`.
+    async fn server(answer: Option<&'static str>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/api", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = vec![0; 64 * 1024];
+                let _ = socket.read(&mut buf).await;
+                match answer {
+                    Some(a) => {
+                        let _ = socket.write_all(a.as_bytes()).await;
+                    }
+                    None => {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                }
+            }
+        });
+        base
+    }
+
+    fn client(base: &str) -> SlackApi {
+        SlackApi::new(
+            base,
+            SecretString("xoxb-test".to_string()),
+            Duration::from_millis(500),
+        )
+        .unwrap()
+    }
+
+    fn json_answer(status: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[tokio::test]
+    async fn what_may_be_retried_for_a_post() {
+        let message = json!({"text": "hi"});
+        // Nothing listening: not sent, retryable.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}/api", l.local_addr().unwrap())
+        };
+        let e = client(&closed)
+            .post_message("C1", &message)
+            .await
+            .unwrap_err();
+        assert!(e.retryable && !e.maybe_done, "{e:?}");
+        // Sent, never answered: a timeout, which may have posted.
+        let e = client(&server(None).await)
+            .post_message("C1", &message)
+            .await
+            .unwrap_err();
+        assert!(e.retryable && e.maybe_done, "{e:?}");
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        for (status, body, retryable, maybe_done) in [
+            ("503 Service Unavailable", "{}", true, false),
+            ("429 Too Many Requests", "{}", true, false),
+            ("400 Bad Request", "{}", false, false),
+            (
+                "200 OK",
+                r#"{"ok":false,"error":"ratelimited"}"#,
+                true,
+                false,
+            ),
+            (
+                "200 OK",
+                r#"{"ok":false,"error":"service_unavailable"}"#,
+                true,
+                false,
+            ),
+            (
+                "200 OK",
+                r#"{"ok":false,"error":"internal_error"}"#,
+                true,
+                true,
+            ),
+            (
+                "200 OK",
+                r#"{"ok":false,"error":"fatal_error"}"#,
+                true,
+                true,
+            ),
+            (
+                "200 OK",
+                r#"{"ok":false,"error":"channel_not_found"}"#,
+                false,
+                false,
+            ),
+            ("200 OK", "<html>", true, true),
+        ] {
+            let base = server(Some(leak(json_answer(status, body)))).await;
+            let e = client(&base)
+                .post_message("C1", &message)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (e.retryable, e.maybe_done),
+                (retryable, maybe_done),
+                "{status} {body}: {e:?}"
+            );
+        }
+        let base = server(Some(leak(json_answer(
+            "200 OK",
+            r#"{"ok":true,"channel":"C1","ts":"1.2"}"#,
+        ))))
+        .await;
+        assert_eq!(
+            client(&base).post_message("C1", &message).await,
+            Ok(Posted {
+                channel: "C1".into(),
+                ts: "1.2".into()
+            })
+        );
     }
 }

@@ -196,13 +196,14 @@ pub fn request_message(org: OrgId, org_name: &str, r: &AccessRequest) -> Value {
             r.status.as_str().to_string()
         }
     };
+    // The fallback text (notifications, screen readers) is mrkdwn too: escaped as well.
     let text = clip(
         &format!(
             "Access request: {} → {} for {} ({status}{})",
-            r.requester,
-            r.resource,
+            escape(&r.requester),
+            escape(&r.resource),
             duration(r.requested_duration_s),
-            decided_by_suffix(r)
+            escape(&decided_by_suffix(r))
         ),
         3000,
     );
@@ -298,6 +299,18 @@ mod tests {
         let text = m.to_string();
         assert!(text.contains("&lt;!channel&gt; &amp; more"), "{text}");
         assert!(!text.contains("<!channel>"));
+        // Names in the fallback text are escaped too.
+        let mut named = r.clone();
+        named.requester = "<!here>".into();
+        named.resource = "a&b".into();
+        let fallback = request_message(org, "acme", &named)["text"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            fallback.contains("&lt;!here&gt; → a&amp;b") && !fallback.contains("<!here>"),
+            "{fallback}"
+        );
         assert!(text.contains("1h 30m"));
         let actions = m["blocks"]
             .as_array()

@@ -7,18 +7,28 @@
 //!   default_approval_channel: "C0123456789"
 //!   org_approval_channels: {acme: "C0ACME"}    # org name or org id → channel
 //!   resource_approval_channels: {prod-db: "C0PROD"}
-//!   requester_mappings: {alice: "U0ALICE"}     # identity → Slack user id (DMs)
-//!   approver_mappings: {U0BOB: bob}            # Slack user id → identity (clicks)
-//!   user_mappings: {U0CAROL: carol}            # Slack user id → identity (clicks)
+//!   requester_mappings: {acme/alice: "U0ALICE"}  # org/identity → Slack user id (DMs)
+//!   user_mappings: {U0BOB: acme/bob}             # Slack user id → org/identity (clicks)
 //! ```
 //!
 //! See `docs/slack-jit-approvals.md` for every key.
+//!
+//! # Mappings are per organization
+//!
+//! Requests of every org may land in the same channel, so a mapping between a Slack user
+//! and an identity *name* must say which org's identity it means: identities are always
+//! written `<org>/<identity>`, where `<org>` is the org's id (a UUID, matching that org
+//! only) or its name (anything else). It applies in that org and nowhere else; a plain
+//! `bob` is refused when the configuration is checked. The text is split at the first
+//! `/`, so an org whose name has a `/` is written by id.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gate_core::config::ConfigError;
+use gate_store::OrgId;
 use serde::{Deserialize, Deserializer};
+use uuid::Uuid;
 
 use crate::config::SecretString;
 
@@ -49,15 +59,12 @@ pub struct SlackConfig {
     /// Resource name → channel; wins over the org's channel and the default.
     #[serde(default)]
     pub resource_approval_channels: BTreeMap<String, String>,
-    /// Identity name → Slack user id, for direct messages to requesters.
+    /// `<org>/<identity>` → Slack user id, for direct messages to requesters.
     #[serde(default)]
     pub requester_mappings: BTreeMap<String, String>,
-    /// Slack user id → identity name of approvers; checked before `user_mappings`.
+    /// Slack user id → `<org>/<identity>` (or a list of them, one per org), for clicks.
     #[serde(default)]
-    pub approver_mappings: BTreeMap<String, String>,
-    /// Slack user id → identity name (anyone who clicks).
-    #[serde(default)]
-    pub user_mappings: BTreeMap<String, String>,
+    pub user_mappings: BTreeMap<String, Identities>,
     /// Map an unmapped clicker by the email of their Slack profile (`users.info`) to the
     /// identity with that email. On by default.
     #[serde(default = "yes")]
@@ -94,6 +101,73 @@ impl Default for SlackRetryConfig {
             max_backoff: default_max_backoff(),
         }
     }
+}
+
+/// One `<org>/<identity>`, or a list of them (a Slack user who decides in several orgs).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Identities {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Identities {
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let list: &[String] = match self {
+            Identities::One(one) => std::slice::from_ref(one),
+            Identities::Many(many) => many,
+        };
+        list.iter().map(String::as_str)
+    }
+}
+
+/// `<org>/<identity>` split at the first `/`, when both parts are there.
+pub fn split_qualified(s: &str) -> Option<(&str, &str)> {
+    let (org, identity) = s.split_once('/')?;
+    (!org.trim().is_empty() && !identity.trim().is_empty()).then_some((org, identity))
+}
+
+/// Whether the `<org>` part of a mapping means `org`: a UUID is matched against the org's
+/// id only, anything else against its name only (so an org named like another org's id
+/// cannot borrow its mappings).
+pub fn names_org(qualifier: &str, org: OrgId, org_name: Option<&str>) -> bool {
+    match Uuid::parse_str(qualifier) {
+        Ok(id) => id == org.0,
+        Err(_) => org_name == Some(qualifier),
+    }
+}
+
+/// A mapping's `<org>/<identity>`, checked: both parts there, and the identity a name the
+/// store accepts (no surrounding whitespace, no control characters, at most 200
+/// characters).
+fn check_qualified(value: &str) -> Result<(&str, &str), String> {
+    let Some((org, identity)) = split_qualified(value) else {
+        let example = if value.contains('/') {
+            "bob"
+        } else {
+            value.trim()
+        };
+        return Err(format!(
+            "{value:?} does not say which organization's identity it is: write \
+             \"<org name or id>/<identity>\", e.g. \"acme/{example}\" (requests of every \
+             org may reach the same channel, so a mapping applies in its own org only)"
+        ));
+    };
+    if org.trim() != org {
+        return Err(format!(
+            "the organization {org:?} has surrounding whitespace"
+        ));
+    }
+    let problem = if identity.trim() != identity {
+        "has surrounding whitespace"
+    } else if identity.chars().any(char::is_control) {
+        "has control characters"
+    } else if identity.chars().count() > 200 {
+        "is longer than 200 characters"
+    } else {
+        return Ok((org, identity));
+    };
+    Err(format!("the identity {identity:?} {problem}"))
 }
 
 fn yes() -> bool {
@@ -197,44 +271,50 @@ impl SlackConfig {
                     .into(),
             );
         }
-        for (section, map, key_is_user, value_is_user) in [
-            (
-                "org_approval_channels",
-                &self.org_approval_channels,
-                false,
-                false,
-            ),
+        for (section, map) in [
+            ("org_approval_channels", &self.org_approval_channels),
             (
                 "resource_approval_channels",
                 &self.resource_approval_channels,
-                false,
-                false,
             ),
-            ("requester_mappings", &self.requester_mappings, false, true),
-            ("approver_mappings", &self.approver_mappings, true, false),
-            ("user_mappings", &self.user_mappings, true, false),
         ] {
             for (key, value) in map {
                 if key.trim().is_empty() {
                     err(section.to_string(), "a key is empty".into());
-                    continue;
-                }
-                if key_is_user && !looks_like_user_id(key) {
-                    err(
-                        format!("{section}.{key}"),
-                        "keys are Slack user ids (U… or W…)".into(),
-                    );
-                }
-                if value_is_user && !looks_like_user_id(value) {
-                    err(
-                        format!("{section}.{key}"),
-                        format!("{value:?} is not a Slack user id (U… or W…)"),
-                    );
                 } else if !is_token(value) {
                     err(
                         format!("{section}.{key}"),
                         format!("{value:?} is empty or has spaces"),
                     );
+                }
+            }
+        }
+        for (key, user) in &self.requester_mappings {
+            let path = format!("requester_mappings.{key}");
+            if let Err(problem) = check_qualified(key) {
+                err(path.clone(), problem);
+            }
+            if !looks_like_user_id(user) {
+                err(path, format!("{user:?} is not a Slack user id (U… or W…)"));
+            }
+        }
+        for (user, identities) in &self.user_mappings {
+            let path = format!("user_mappings.{user}");
+            if !looks_like_user_id(user) {
+                err(path.clone(), "keys are Slack user ids (U… or W…)".into());
+            }
+            if identities.iter().next().is_none() {
+                err(path.clone(), "no identity".into());
+            }
+            let mut orgs: Vec<&str> = Vec::new();
+            for value in identities.iter() {
+                match check_qualified(value) {
+                    Err(problem) => err(path.clone(), problem),
+                    Ok((org, _)) if orgs.contains(&org) => err(
+                        path.clone(),
+                        format!("maps the user twice in organization {org:?}"),
+                    ),
+                    Ok((org, _)) => orgs.push(org),
                 }
             }
         }
@@ -263,6 +343,60 @@ impl SlackConfig {
             );
         }
     }
+}
+
+/// Two mappings of the same Slack user (or identity) in one org that disagree: one by the
+/// org's name, one by its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ambiguous;
+
+impl SlackConfig {
+    /// The identity of `org` that Slack user `user` is, by `user_mappings`: only
+    /// mappings qualified with this org's id or name count.
+    pub fn mapped_identity(
+        &self,
+        user: &str,
+        org: OrgId,
+        org_name: Option<&str>,
+    ) -> Result<Option<&str>, Ambiguous> {
+        let Some(identities) = self.user_mappings.get(user) else {
+            return Ok(None);
+        };
+        one(identities
+            .iter()
+            .filter_map(split_qualified)
+            .filter(|(q, _)| names_org(q, org, org_name))
+            .map(|(_, identity)| identity))
+    }
+
+    /// The Slack user that identity `identity` of `org` is, by `requester_mappings`:
+    /// only keys qualified with this org's id or name count.
+    pub fn mapped_requester(
+        &self,
+        identity: &str,
+        org: OrgId,
+        org_name: Option<&str>,
+    ) -> Result<Option<&str>, Ambiguous> {
+        one(self
+            .requester_mappings
+            .iter()
+            .filter(|(key, _)| {
+                split_qualified(key)
+                    .is_some_and(|(q, i)| i == identity && names_org(q, org, org_name))
+            })
+            .map(|(_, user)| user.as_str()))
+    }
+}
+
+/// The one value found (repeats of the same value are one), or [`Ambiguous`].
+fn one<'a>(mut found: impl Iterator<Item = &'a str>) -> Result<Option<&'a str>, Ambiguous> {
+    let Some(first) = found.next() else {
+        return Ok(None);
+    };
+    if found.any(|other| other != first) {
+        return Err(Ambiguous);
+    }
+    Ok(Some(first))
 }
 
 /// Whether `s` looks like a Slack user id: `U` or `W` followed by upper-case letters and
@@ -304,8 +438,8 @@ mod tests {
             r#"
 bot_token: ""
 api_base_url: "ftp://x"
-approver_mappings: {bob: U1BOB}
-requester_mappings: {alice: "not a user"}
+user_mappings: {bob: acme/bob, U0CAROL: carol, U0DAN: [acme/dan, acme/daniel], U0EVE: [acme/ eve]}
+requester_mappings: {alice: "not a user", acme/bob: U0BOB}
 queue_size: "0"
 retry: {max_attempts: 0, initial_backoff: 2s, max_backoff: 1s}
 "#,
@@ -321,13 +455,29 @@ retry: {max_attempts: 0, initial_backoff: 2s, max_backoff: 1s}
                 "slack.api_base_url",
                 "slack.default_approval_channel",
                 "slack.requester_mappings.alice",
-                "slack.approver_mappings.bob",
+                "slack.requester_mappings.alice",
+                "slack.user_mappings.U0CAROL",
+                "slack.user_mappings.U0DAN",
+                "slack.user_mappings.U0EVE",
+                "slack.user_mappings.bob",
                 "slack.queue_size",
                 "slack.retry.max_attempts",
                 "slack.retry.max_backoff",
             ]
         );
+        let carol = errors
+            .iter()
+            .find(|e| e.path == "slack.user_mappings.U0CAROL")
+            .unwrap();
+        assert!(
+            carol.message.contains("\"acme/carol\"") && carol.message.contains("organization"),
+            "{carol:?}"
+        );
         assert!(yaml_serde::from_str::<SlackConfig>("bot_tokn: x\n").is_err());
+        // approver_mappings is gone: user_mappings does what it did.
+        assert!(
+            yaml_serde::from_str::<SlackConfig>("approver_mappings: {U0BOB: acme/bob}\n").is_err()
+        );
     }
 
     #[test]
@@ -371,6 +521,82 @@ retry: {max_attempts: 0, initial_backoff: 2s, max_backoff: 1s}
         // Without the section there is no Slack.
         let c = crate::config::ControlConfig::from_yaml_str(base, &env).unwrap();
         assert!(c.slack.is_none());
+    }
+
+    #[test]
+    fn mappings_apply_in_their_own_org_only() {
+        let acme = OrgId::new();
+        let globex = OrgId::new();
+        let c = parse(&format!(
+            r#"
+bot_token: x
+signing_secret: y
+default_approval_channel: C1
+user_mappings:
+  U0BOB: acme/bob
+  U0OPS: [acme/ops, "{globex}/operator", a/b/c]
+  U0TWO: [acme/one, "{acme}/two"]
+  U0SAME: [acme/same, "{acme}/same"]
+requester_mappings:
+  acme/alice: U0ALICE
+  "{globex}/alice": U0OTHER
+  acme/team/alice: U0SLASH
+"#
+        ));
+        let mut errors = Vec::new();
+        c.validate(&mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let acme_name = Some("acme");
+        let globex_name = Some("globex");
+        assert_eq!(c.mapped_identity("U0BOB", acme, acme_name), Ok(Some("bob")));
+        // Not in another org, even one that has a "bob".
+        assert_eq!(c.mapped_identity("U0BOB", globex, globex_name), Ok(None));
+        // An org named like acme's id does not get acme's id-qualified mappings.
+        let acme_id = acme.to_string();
+        assert_eq!(
+            c.mapped_identity("U0TWO", OrgId::new(), Some(&acme_id)),
+            Ok(None)
+        );
+        assert_eq!(c.mapped_identity("U0OPS", acme, acme_name), Ok(Some("ops")));
+        assert_eq!(
+            c.mapped_identity("U0OPS", globex, globex_name),
+            Ok(Some("operator"))
+        );
+        assert_eq!(
+            c.mapped_identity("U0OPS", globex, None),
+            Ok(Some("operator"))
+        );
+        assert_eq!(
+            c.mapped_identity("U0OPS", OrgId::new(), Some("a")),
+            Ok(Some("b/c"))
+        );
+        assert_eq!(c.mapped_identity("U0BOB", acme, None), Ok(None));
+        // By name and by id in the same org, disagreeing: refused; agreeing: fine.
+        assert_eq!(c.mapped_identity("U0TWO", acme, acme_name), Err(Ambiguous));
+        assert_eq!(c.mapped_identity("U0TWO", acme, None), Ok(Some("two")));
+        assert_eq!(
+            c.mapped_identity("U0SAME", acme, acme_name),
+            Ok(Some("same"))
+        );
+        assert_eq!(c.mapped_identity("U0NOBODY", acme, acme_name), Ok(None));
+
+        assert_eq!(
+            c.mapped_requester("alice", acme, acme_name),
+            Ok(Some("U0ALICE"))
+        );
+        assert_eq!(
+            c.mapped_requester("alice", globex, globex_name),
+            Ok(Some("U0OTHER"))
+        );
+        assert_eq!(
+            c.mapped_requester("alice", OrgId::new(), Some("initech")),
+            Ok(None)
+        );
+        assert_eq!(
+            c.mapped_requester("team/alice", acme, acme_name),
+            Ok(Some("U0SLASH"))
+        );
+        assert_eq!(c.mapped_requester("bob", acme, acme_name), Ok(None));
     }
 
     #[test]

@@ -9,10 +9,10 @@
 //!   or `default_approval_channel`. Where it was posted is kept in the store
 //!   (`slack_messages`).
 //! - a click arrives at `POST /integrations/slack/actions` ([`actions`]): its signature is
-//!   checked before anything is parsed, the clicker is mapped to an identity
-//!   (`approver_mappings`, `user_mappings`, or their Slack profile's email), and the
-//!   decision goes through the same service function as the API's, which enforces the
-//!   approver groups and refuses self-approval. Refusals are told to the clicker alone
+//!   checked before anything is parsed, the clicker is mapped to an identity of the
+//!   request's org (`user_mappings`, whose values name their org, or their Slack
+//!   profile's email), and the decision goes through the same service function as the
+//!   API's, which enforces the approver groups and refuses self-approval. Refusals are told to the clicker alone
 //!   (an ephemeral message); nothing changes.
 //! - every later transition — decided in Slack or elsewhere, expired, cancelled, revoked —
 //!   re-renders the posted message (`chat.update`), so Slack never shows a stale
@@ -25,7 +25,8 @@
 //! line). One worker task makes the Web API calls, in event order, retrying failures with
 //! exponential backoff (`retry:`), so an outage delays messages but never blocks an API
 //! call, and a request can always be decided through the API or the CLI. The worker ends
-//! at shutdown.
+//! at shutdown. `chat.postMessage` is not idempotent: it is retried only when Slack surely
+//! did not post (see [`Calls`]), so a timeout never makes a second approval message.
 
 pub mod actions;
 pub mod api;
@@ -59,6 +60,19 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// How many clicks are processed at once; more wait their turn.
 const CONCURRENT_CLICKS: usize = 32;
+
+/// Whether a Web API call may be repeated after any retryable failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Calls {
+    /// Reads, `chat.update`, `conversations.open`: doing it twice is doing it once.
+    Idempotent,
+    /// `chat.postMessage`: doing it twice posts twice. Retried only after failures that
+    /// show Slack did nothing (no connection, HTTP 429 or 5xx, `ratelimited`,
+    /// `service_unavailable`, `request_timeout`) — not after a timeout or a lost
+    /// connection once the request was sent, an unreadable answer, or Slack's
+    /// `internal_error`/`fatal_error` (which Slack says may have partly succeeded).
+    Posting,
+}
 
 /// What the worker does.
 enum Job {
@@ -238,7 +252,13 @@ impl Slack {
     }
 
     /// Calls Slack until it answers, the error is permanent, or the attempts run out.
-    async fn retry<T, F, Fut>(&self, what: &str, request: Uuid, mut call: F) -> Option<T>
+    async fn retry<T, F, Fut>(
+        &self,
+        what: &str,
+        request: Uuid,
+        calls: Calls,
+        mut call: F,
+    ) -> Option<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = ApiResult<T>>,
@@ -253,6 +273,16 @@ impl Slack {
             };
             if !e.retryable {
                 tracing::error!(%request, error = %e, "slack: {what} failed; not retrying");
+                return None;
+            }
+            if calls == Calls::Posting && e.maybe_done {
+                tracing::error!(
+                    %request,
+                    error = %e,
+                    attempts = attempt,
+                    "slack: {what} failed after the request reached Slack, which may have \
+                     posted anyway; giving up without retrying, so as not to post twice"
+                );
                 return None;
             }
             if attempt >= retry.max_attempts {
@@ -283,7 +313,7 @@ impl Slack {
         };
         let message = blocks::request_message(org, &org_name, r);
         let Some(posted) = self
-            .retry("chat.postMessage", r.id, || {
+            .retry("chat.postMessage", r.id, Calls::Posting, || {
                 self.api.post_message(channel, &message)
             })
             .await
@@ -327,7 +357,7 @@ impl Slack {
         let org_name = self.org_name(org).await;
         let message = blocks::request_message(org, &org_name, r);
         if self
-            .retry("chat.update", r.id, || {
+            .retry("chat.update", r.id, Calls::Idempotent, || {
                 self.api.update_message(&at, &message)
             })
             .await
@@ -347,23 +377,34 @@ impl Slack {
             return;
         };
         let Some(channel) = self
-            .retry("conversations.open", r.id, || self.api.open_dm(&user))
+            .retry("conversations.open", r.id, Calls::Idempotent, || {
+                self.api.open_dm(&user)
+            })
             .await
         else {
             return;
         };
-        self.retry("chat.postMessage (DM)", r.id, || {
+        self.retry("chat.postMessage (DM)", r.id, Calls::Posting, || {
             self.api.post_message(&channel, &message)
         })
         .await;
     }
 
-    /// The requester's Slack user id: `requester_mappings`, a Slack user id as the
-    /// requester, or `users.lookupByEmail` with the identity's email (or the requester,
-    /// when it is an email).
+    /// The requester's Slack user id: `requester_mappings` (keys of this org only), a
+    /// Slack user id as the requester, or `users.lookupByEmail` with the identity's email
+    /// (or the requester, when it is an email).
     async fn requester_user(&self, org: OrgId, r: &AccessRequest) -> Option<String> {
-        if let Some(id) = self.cfg.requester_mappings.get(&r.requester) {
-            return Some(id.clone());
+        let org_name = self.ctl.store().get_org(org).await.ok().map(|o| o.name);
+        match self
+            .cfg
+            .mapped_requester(&r.requester, org, org_name.as_deref())
+        {
+            Ok(Some(id)) => return Some(id.to_string()),
+            Ok(None) => {}
+            Err(config::Ambiguous) => {
+                tracing::warn!(request = %r.id, requester = %r.requester, "slack: requester_mappings maps the requester to different Slack users by org name and by org id; no direct message");
+                return None;
+            }
         }
         if config::looks_like_user_id(&r.requester) {
             return Some(r.requester.clone());
@@ -378,27 +419,42 @@ impl Slack {
             Err(_) => None,
         }
         .or_else(|| r.requester.contains('@').then(|| r.requester.clone()))?;
-        self.retry("users.lookupByEmail", r.id, || {
+        self.retry("users.lookupByEmail", r.id, Calls::Idempotent, || {
             self.api.lookup_by_email(email.trim())
         })
         .await
         .flatten()
     }
 
-    /// The identity a Slack user acts as in `org`: `approver_mappings`, `user_mappings`, or
-    /// the one enabled identity whose email is the user's Slack profile email.
+    /// The identity a Slack user acts as in `org`: their `user_mappings` entry for this
+    /// org (by its name or id; an entry for another org never counts), or the one enabled
+    /// identity of `org` whose email is the user's Slack profile email.
     pub(crate) async fn clicker_identity(
         &self,
         org: OrgId,
         user: &str,
     ) -> Result<Option<String>, String> {
-        if let Some(name) = self
-            .cfg
-            .approver_mappings
-            .get(user)
-            .or_else(|| self.cfg.user_mappings.get(user))
-        {
-            return Ok(Some(name.clone()));
+        let org_name = match self.ctl.store().get_org(org).await {
+            Ok(o) => o.name,
+            Err(e) => {
+                tracing::warn!(%org, error = %e, "slack: cannot load the organization");
+                return Err(
+                    "Gate could not look up this request's organization; try again.".into(),
+                );
+            }
+        };
+        match self.cfg.mapped_identity(user, org, Some(&org_name)) {
+            Ok(Some(name)) => return Ok(Some(name.to_string())),
+            Ok(None) => {}
+            Err(config::Ambiguous) => {
+                tracing::warn!(user, %org, "slack: user_mappings maps the clicker to different identities by org name and by org id");
+                return Err(
+                    "You are not allowed to decide this access request: your Slack \
+                            account is mapped to more than one Gate identity in this \
+                            organization (slack.user_mappings)."
+                        .into(),
+                );
+            }
         }
         if !self.cfg.match_email {
             return Ok(None);

@@ -7,9 +7,11 @@
 //!   with both secrets during a rotation's grace period.
 //! - [`WebhookSink`]: the [`EventSink`]; its `accept` is one store write per event, then it
 //!   wakes the worker.
-//! - [`worker`]: claims due deliveries, sends them (bounded concurrency, a timeout per
-//!   request), records each attempt, disables an endpoint that answers 410 Gone and writes
-//!   dead deliveries to `delivery.dead_letter_dir`.
+//! - [`worker`]: claims due deliveries, sends them (bounded concurrency overall and per
+//!   org, a timeout per request), records each attempt, disables an endpoint that answers
+//!   410 Gone and writes dead deliveries to `delivery.dead_letter_dir` (owner-only files).
+//! - [`target`]: where webhooks may go — public addresses only unless
+//!   `delivery.allow_private_targets`, checked at create/update and again at connect time.
 //! - [`http`]: the `/api/v1/webhooks` routes over [`crate::service::webhooks`].
 //!
 //! The request body is the event's payload (`{type, timestamp, data}`), serialized once
@@ -21,6 +23,7 @@
 
 pub mod http;
 pub mod signing;
+pub mod target;
 pub mod worker;
 
 use std::sync::Arc;
@@ -146,6 +149,12 @@ impl EventSink for WebhookSink {
 /// Registers the webhook sink on `ctl` and starts the delivery worker, which stops at
 /// shutdown (after the attempts in flight finish, or a short drain time).
 pub fn start(ctl: Arc<Control>, cfg: &DeliveryConfig) -> anyhow::Result<JoinHandle<()>> {
+    target::set_allow_private(&ctl, cfg.allow_private_targets);
+    if cfg.allow_private_targets {
+        tracing::warn!(
+            "delivery.allow_private_targets is on: org admins may point webhooks at loopback, private and link-local addresses"
+        );
+    }
     let wake = Arc::new(Notify::new());
     let worker = worker::Worker::new(ctl.clone(), cfg.clone(), wake.clone())?;
     ctl.add_event_sink(Arc::new(WebhookSink { wake }));

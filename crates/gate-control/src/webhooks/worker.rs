@@ -4,9 +4,17 @@
 //! claims each with a lease (so several control planes on one database never send one
 //! attempt twice, and a control plane that dies mid-attempt leaves it to be sent again
 //! when the lease ends) and sends it in its own task, at most `delivery.max_concurrency`
-//! at once. A round runs when an event was queued (the sink wakes the worker), when an
-//! attempt finishes, and every `delivery.poll_interval` (retries and redeliveries come due
-//! that way).
+//! at once and at most `delivery.max_concurrency_per_org` for one org: due deliveries of an
+//! org at its cap wait for a later round, so an org whose receivers hang cannot take every
+//! slot. (The store lists at most that many per org, earliest first, so the rest of the
+//! queue is seen however long one org's backlog is.) A round runs when an event was queued
+//! (the sink wakes the worker), when an attempt finishes, and every
+//! `delivery.poll_interval` (retries and redeliveries come due that way).
+//!
+//! Unless `delivery.allow_private_targets`, requests go to public addresses only
+//! ([`super::target`]): names are resolved by [`super::target::PublicOnlyResolver`] and IP
+//! literals checked before sending; a refused attempt fails with "target address not
+//! allowed" and is retried like any connection failure.
 //!
 //! An attempt ends in one of:
 //! - 2xx: delivered;
@@ -16,20 +24,22 @@
 //!   `delivery.retry_schedule`, or dead when the schedule is exhausted.
 //!
 //! A dead delivery stays in the store (listed with `status=dead`, redeliverable) and is
-//! written to `delivery.dead_letter_dir/<org>/<delivery>.json` for operators; the file is
-//! removed when a redelivery succeeds.
+//! written to `delivery.dead_letter_dir/<org>/<delivery>.json` for operators — directories
+//! created `0700`, files `0600`: they hold identities, emails and client addresses; the file
+//! is removed when a redelivery succeeds.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gate_store::time::{format_rfc3339_ms, now_ms};
-use gate_store::{DeliveryOutcome, DeliveryStatus, StoreError, WebhookDelivery};
+use gate_store::{DeliveryOutcome, DeliveryStatus, OrgId, StoreError, WebhookDelivery};
 use serde_json::json;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::{redact_url, retry_after, signing};
+use super::{redact_url, retry_after, signing, target};
 use crate::Control;
 use crate::config::DeliveryConfig;
 
@@ -54,6 +64,42 @@ pub struct Worker {
     client: reqwest::Client,
     wake: Arc<Notify>,
     permits: Arc<Semaphore>,
+    /// Attempts in flight per org (entries go when they reach zero).
+    in_flight: Arc<Mutex<HashMap<OrgId, u32>>>,
+}
+
+/// One org's slot of [`Worker::in_flight`], given back when the attempt ends (however).
+struct OrgSlot {
+    in_flight: Arc<Mutex<HashMap<OrgId, u32>>>,
+    org: OrgId,
+}
+
+impl OrgSlot {
+    /// Takes a slot for `org` unless it has `cap` in flight already.
+    fn take(in_flight: &Arc<Mutex<HashMap<OrgId, u32>>>, org: OrgId, cap: u32) -> Option<OrgSlot> {
+        let mut map = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(org).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(OrgSlot {
+            in_flight: in_flight.clone(),
+            org,
+        })
+    }
+}
+
+impl Drop for OrgSlot {
+    fn drop(&mut self) {
+        let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.org) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.org);
+            }
+        }
+    }
 }
 
 impl Worker {
@@ -62,12 +108,18 @@ impl Worker {
         cfg: DeliveryConfig,
         wake: Arc<Notify>,
     ) -> anyhow::Result<Worker> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
             // A redirect is not a delivery: the receiver must answer 2xx itself.
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("Gate-Webhooks/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("Gate-Webhooks/", env!("CARGO_PKG_VERSION")));
+        if !cfg.allow_private_targets {
+            // Connect only to public addresses, whatever a name resolves to when sending;
+            // directly, since through a proxy the address connected to cannot be checked.
+            builder = builder.dns_resolver(target::PublicOnlyResolver).no_proxy();
+        }
+        let client = builder
             .build()
             .map_err(|e| anyhow::anyhow!("cannot build the webhook HTTP client: {e}"))?;
         let permits = Arc::new(Semaphore::new(cfg.max_concurrency.max(1) as usize));
@@ -77,6 +129,7 @@ impl Worker {
             client,
             wake,
             permits,
+            in_flight: Arc::default(),
         })
     }
 
@@ -115,17 +168,21 @@ impl Worker {
         }
     }
 
-    /// Claims and starts as many due deliveries as there are free permits.
+    /// Claims and starts as many due deliveries as there are free permits, at most
+    /// `max_concurrency_per_org` in flight per org.
     async fn round(&self, tasks: &mut JoinSet<()>) {
-        let free = self.permits.available_permits();
-        if free == 0 {
+        if self.permits.available_permits() == 0 {
             return;
         }
         let now = now_ms();
+        let per_org = self.cfg.max_concurrency_per_org.max(1);
+        // At most `per_org` rows per org: an org with `k` in flight makes at most `k` of
+        // them unusable, so `max_concurrency` rows (free permits + all in flight) hold
+        // enough usable ones to fill every free permit when the queue has them.
         let due = match self
             .ctl
             .store()
-            .due_webhook_deliveries(now, u32::try_from(free).unwrap_or(u32::MAX))
+            .due_webhook_deliveries_per_org(now, self.cfg.max_concurrency.max(1), per_org)
             .await
         {
             Ok(due) => due,
@@ -137,6 +194,10 @@ impl Worker {
         let lease =
             i64::try_from((self.cfg.timeout + LEASE_MARGIN).as_millis()).unwrap_or(i64::MAX);
         for (org, id, due_at) in due {
+            let Some(slot) = OrgSlot::take(&self.in_flight, org, per_org) else {
+                // The org is at its cap: this one waits for a later round.
+                continue;
+            };
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
                 break;
             };
@@ -152,7 +213,7 @@ impl Worker {
                         cfg: self.cfg.clone(),
                         client: self.client.clone(),
                     };
-                    tasks.spawn(attempt.run(delivery, permit));
+                    tasks.spawn(attempt.run(delivery, permit, slot));
                 }
                 // Another worker claimed it first, or it went with its endpoint.
                 Ok(None) => {}
@@ -192,7 +253,7 @@ enum Answer {
 }
 
 impl Attempt {
-    async fn run(self, delivery: WebhookDelivery, _permit: OwnedSemaphorePermit) {
+    async fn run(self, delivery: WebhookDelivery, _permit: OwnedSemaphorePermit, _slot: OrgSlot) {
         let org = delivery.org_id;
         let now = now_ms();
         let (url, disabled, secrets) = match self
@@ -210,30 +271,39 @@ impl Attempt {
                 return;
             }
         };
-        let timestamp = now.div_euclid(1000);
-        let outcome = if disabled {
-            // Disabled between listing and claiming: not sent. It stays pending (and is not
-            // due while the endpoint is disabled).
-            DeliveryOutcome::Retry {
-                status: None,
-                error: "not sent: the endpoint is disabled".into(),
-                next_attempt_at: now,
-            }
-        } else {
-            match signing::signature_header(
-                &secrets,
-                &delivery.event_id,
-                timestamp,
-                delivery.payload.as_bytes(),
-            ) {
-                Err(e) => DeliveryOutcome::Dead {
-                    status: None,
-                    error: format!("{e}: rotate the endpoint's secret, then redeliver"),
-                },
-                Ok(signature) => {
-                    let answer = self.send(&url, &delivery, timestamp, signature).await;
-                    self.judge(&delivery, answer)
+        if disabled {
+            // Disabled just after it was claimed: nothing is sent, and the claim is given
+            // back without counting an attempt. It stays pending, not due while the
+            // endpoint is disabled.
+            match self
+                .ctl
+                .store()
+                .release_webhook_delivery(&delivery, now)
+                .await
+            {
+                Ok(_) => {
+                    tracing::debug!(%org, delivery = %delivery.id, "webhook endpoint disabled since the delivery was claimed; not sent")
                 }
+                Err(e) => {
+                    tracing::error!(%org, delivery = %delivery.id, error = %e, "cannot give back a webhook delivery claim; it is retried when its lease ends")
+                }
+            }
+            return;
+        }
+        let timestamp = now.div_euclid(1000);
+        let outcome = match signing::signature_header(
+            &secrets,
+            &delivery.event_id,
+            timestamp,
+            delivery.payload.as_bytes(),
+        ) {
+            Err(e) => DeliveryOutcome::Dead {
+                status: None,
+                error: format!("{e}: rotate the endpoint's secret, then redeliver"),
+            },
+            Ok(signature) => {
+                let answer = self.send(&url, &delivery, timestamp, signature).await;
+                self.judge(&delivery, answer)
             }
         };
         let gone = matches!(
@@ -284,6 +354,16 @@ impl Attempt {
         timestamp: i64,
         signature: String,
     ) -> Answer {
+        if !self.cfg.allow_private_targets
+            && reqwest::Url::parse(url)
+                .ok()
+                .as_ref()
+                .and_then(target::literal_ip)
+                .is_some_and(|ip| !target::is_public(ip))
+        {
+            // Names go through the client's resolver; an IP literal is never resolved.
+            return Answer::Failed(target::NOT_ALLOWED.to_string());
+        }
         let request = self
             .client
             .post(url)
@@ -381,8 +461,12 @@ impl Attempt {
     }
 }
 
-/// Why a request failed, without its URL (which may carry credentials).
+/// Why a request failed, without its URL (which may carry credentials) — and, for a
+/// refused address, without anything about what it resolved to.
 fn describe(e: &reqwest::Error, timeout: Duration) -> String {
+    if target::is_not_allowed(e) {
+        return target::NOT_ALLOWED.to_string();
+    }
     if e.is_timeout() {
         return format!("no answer within {}", humantime::format_duration(timeout));
     }
@@ -442,9 +526,15 @@ async fn write_dead_letter(dir: &Path, delivery: &WebhookDelivery) {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        std::fs::create_dir_all(&parent)?;
+        create_private_dir(&parent)?;
         let tmp = path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
+        // Left over from a crash: it may have other permissions; a fresh one is created.
+        if let Err(e) = std::fs::remove_file(&tmp)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(e);
+        }
+        let mut file = private_file(&tmp)?;
         file.write_all(&text)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
@@ -463,6 +553,39 @@ async fn write_dead_letter(dir: &Path, delivery: &WebhookDelivery) {
         }
         Err(e) => tracing::error!(delivery = %delivery.id, error = %e, "dead letter task failed"),
     }
+}
+
+/// Creates `dir` and any missing parents owner-only (`0700`). The org directory (the last
+/// component, Gate's own) is made `0700` even if it existed; parents that existed keep
+/// the operator's permissions.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        builder.mode(0o700);
+        builder.create(dir)?;
+        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode != 0o700 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    builder.create(dir)
+}
+
+/// Creates `path` (which must not exist) for writing, owner read/write only (`0600`).
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options.open(path)
 }
 
 /// Removes a delivery's dead letter, if it has one (after a successful redelivery).
