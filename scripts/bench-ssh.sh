@@ -89,7 +89,9 @@ USED_PORTS=" "
 free_port() {
   local p
   for _ in $(seq 1 500); do
-    p=$((20000 + RANDOM % 40000))
+    # Below Linux's ephemeral range (32768+): a port some outgoing connection is using
+    # locally passes the connect probe yet cannot be listened on.
+    p=$((20000 + RANDOM % 12000))
     case "$USED_PORTS" in *" $p "*) continue ;; esac
     if ! port_in_use 127.0.0.1 "$p"; then
       USED_PORTS="$USED_PORTS$p "
