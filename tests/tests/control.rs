@@ -11,15 +11,6 @@ use gate_test_support::gateway::Gateway;
 use gate_test_support::wait_until;
 use serde_json::json;
 
-/// Every statement passes; decisions are audited (a pre_request policy exists).
-const ALLOW_ALL: &str = r#"
-package formal.v2
-import rego.v1
-session := {"action": "allow"}
-pre_request := {"action": "allow"}
-post_request := {"action": "allow"}
-"#;
-
 /// An environment: a control plane with one org, and a connector registered to it.
 struct Linked {
     cp: ControlPlane,

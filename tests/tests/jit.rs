@@ -28,15 +28,6 @@ const OLGA_TOKEN: &str = "tok-olga-5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b";
 const APPROVE: &str = "gate_access_approve";
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Every statement passes policy; grants and their scopes are what this test is about.
-const ALLOW_ALL: &str = r#"
-package formal.v2
-import rego.v1
-session := {"action": "allow"}
-pre_request := {"action": "allow"}
-post_request := {"action": "allow"}
-"#;
-
 struct World {
     cp: ControlPlane,
     org: String,

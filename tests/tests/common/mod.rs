@@ -11,6 +11,16 @@ use gate_test_support::gateway::Gateway;
 use gate_test_support::postgres::PgServer;
 use tempfile::TempDir;
 
+/// A policy under which every statement passes, at all three stages; decisions are still
+/// made (and audited) because a policy exists for each stage.
+pub const ALLOW_ALL: &str = r#"
+package formal.v2
+import rego.v1
+session := {"action": "allow"}
+pre_request := {"action": "allow"}
+post_request := {"action": "allow"}
+"#;
+
 pub const ALICE_TOKEN: &str = "tok-alice-7f3c9a1e5b2d4c6e8a0b1c2d3e4f5a6b";
 pub const BOB_TOKEN: &str = "tok-bob-1a2b3c4d5e6f708192a3b4c5d6e7f801";
 
