@@ -1,14 +1,15 @@
 //! `control.yaml`: YAML with `${ENV}` expansion, validated as a whole so every problem is
 //! reported at once with its path in the file — the same conventions as the connector's
-//! config; the expansion is gate-core's ([`gate_core::config::expand_env_in`]).
+//! config; loading and expansion are gate-core's ([`gate_core::config::parse_yaml`]).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gate_core::config::de::{duration, duration_list, number, optional_duration};
 use gate_core::config::{ConfigError, ConfigErrors, LoggingConfig, TlsConfig};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 /// The whole `control.yaml`.
 #[derive(Debug, Clone, Deserialize)]
@@ -208,21 +209,6 @@ impl DeliveryConfig {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(s.trim()).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
-}
-
-fn duration_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-    Vec::<String>::deserialize(d)?
-        .iter()
-        .map(|s| {
-            humantime::parse_duration(s.trim())
-                .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
-        })
-        .collect()
-}
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
@@ -257,34 +243,6 @@ fn default_dead_letter_dir() -> PathBuf {
     PathBuf::from(".data/control-deadletters")
 }
 
-/// Numbers may arrive as strings after `${ENV}` expansion (`max_open_conns: ${N}`).
-fn number<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        N(u64),
-        S(String),
-    }
-    let n = match Raw::deserialize(d)? {
-        Raw::N(n) => n,
-        Raw::S(s) => s
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a number")))?,
-    };
-    u32::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} is too large")))
-}
-
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s = Option::<String>::deserialize(d)?;
-    match s.as_deref().map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(s) => humantime::parse_duration(s)
-            .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}"))),
-    }
-}
-
 impl ControlConfig {
     /// Where recordings are read from, if configured.
     pub fn recording_location(&self) -> Option<gate_core::config::RecordingLocation> {
@@ -297,17 +255,7 @@ impl ControlConfig {
 
     /// Reads, expands and validates a config file.
     pub fn load(path: &Path) -> Result<ControlConfig, ConfigErrors> {
-        let fail = |errors| ConfigErrors {
-            file: path.to_path_buf(),
-            errors,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            fail(vec![ConfigError {
-                path: String::new(),
-                message: format!("cannot read: {e}"),
-            }])
-        })?;
-        Self::from_yaml_str(&text, &|name| std::env::var(name).ok()).map_err(fail)
+        gate_core::config::load_file(path, Self::from_yaml_str)
     }
 
     /// Parses YAML text, expanding `${VAR}` from `env`. Collects every error it can.
@@ -315,29 +263,7 @@ impl ControlConfig {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ControlConfig, Vec<ConfigError>> {
-        let mut doc: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| {
-            vec![ConfigError {
-                path: String::new(),
-                message: format!("invalid YAML: {e}"),
-            }]
-        })?;
-        let mut errors = Vec::new();
-        errors.extend(gate_core::config::expand_env_in(&mut doc, env));
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let config: ControlConfig = serde_path_to_error::deserialize(doc).map_err(|e| {
-            vec![ConfigError {
-                path: e.path().to_string().trim_start_matches('.').to_string(),
-                message: e.inner().to_string(),
-            }]
-        })?;
-        let errors = config.validate();
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(errors)
-        }
+        gate_core::config::parse_yaml(text, env, ControlConfig::validate)
     }
 
     /// Semantic checks beyond types.

@@ -388,41 +388,70 @@ fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-/// Durations are written the human way: `5m`, `30s`, `1h 30m`.
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
-}
+use de::{duration, number, optional_duration, optional_number};
 
-/// Numbers may be written plainly or come from `${VAR}` expansion, which yields a string.
-fn number<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: std::str::FromStr + TryFrom<u64>,
-{
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum NumOrStr {
-        Num(u64),
-        Str(String),
+/// Field deserializers shared by Gate's config files (the connector's and the control
+/// plane's), for `#[serde(deserialize_with = "…")]`.
+pub mod de {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    fn parse_duration<E: serde::de::Error>(s: &str) -> Result<Duration, E> {
+        humantime::parse_duration(s.trim()).map_err(|e| E::custom(format!("{s:?}: {e}")))
     }
-    let bad = |shown: String| serde::de::Error::custom(format!("expected a number, got {shown}"));
-    match NumOrStr::deserialize(d)? {
-        NumOrStr::Num(n) => T::try_from(n).map_err(|_| bad(n.to_string())),
-        NumOrStr::Str(s) => s.trim().parse().map_err(|_| bad(format!("{s:?}"))),
+
+    /// Durations are written the human way: `5m`, `30s`, `1h 30m`.
+    pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        parse_duration(&String::deserialize(d)?)
     }
-}
 
-fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
-}
+    /// A list of durations: `[5s, 1m]`.
+    pub fn duration_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| parse_duration(s))
+            .collect()
+    }
 
-fn optional_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: std::str::FromStr + TryFrom<u64>,
-{
-    number(d).map(Some)
+    /// An optional duration; an empty string (e.g. an empty `${VAR}`) means unset.
+    pub fn optional_duration<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)?.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(s) => parse_duration(s).map(Some),
+        }
+    }
+
+    /// Numbers may be written plainly or come from `${VAR}` expansion, which yields a
+    /// string.
+    pub fn number<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: std::str::FromStr + TryFrom<u64>,
+    {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum NumOrStr {
+            Num(u64),
+            Str(String),
+        }
+        let bad =
+            |shown: String| serde::de::Error::custom(format!("expected a number, got {shown}"));
+        match NumOrStr::deserialize(d)? {
+            NumOrStr::Num(n) => T::try_from(n).map_err(|_| bad(n.to_string())),
+            NumOrStr::Str(s) => s.trim().parse().map_err(|_| bad(format!("{s:?}"))),
+        }
+    }
+
+    pub fn optional_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: std::str::FromStr + TryFrom<u64>,
+    {
+        number(d).map(Some)
+    }
 }
 
 fn stage<'de, D: Deserializer<'de>>(d: D) -> Result<Stage, D::Error> {
@@ -467,20 +496,61 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Reads a config file and parses it with `parse` (e.g. [`parse_yaml`] and validation),
+/// from the process environment; every problem comes back with the file's name.
+pub fn load_file<T>(
+    path: &Path,
+    parse: impl FnOnce(&str, &dyn Fn(&str) -> Option<String>) -> Result<T, Vec<ConfigError>>,
+) -> Result<T, ConfigErrors> {
+    let fail = |errors| ConfigErrors {
+        file: path.to_path_buf(),
+        errors,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        fail(vec![ConfigError {
+            path: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    parse(&text, &|name| std::env::var(name).ok()).map_err(fail)
+}
+
+/// Parses YAML text into `T`, expanding `${VAR}` from `env` first, then checks it with
+/// `validate`. Type errors name their path in the document (`resources[1].port`); every
+/// expansion or validation problem is reported, not just the first.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    validate: impl FnOnce(&T) -> Vec<ConfigError>,
+) -> Result<T, Vec<ConfigError>> {
+    let mut doc: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| {
+        vec![ConfigError {
+            path: String::new(),
+            message: format!("invalid YAML: {e}"),
+        }]
+    })?;
+    let errors = expand_env_in(&mut doc, env);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let config: T = serde_path_to_error::deserialize(doc).map_err(|e| {
+        vec![ConfigError {
+            path: e.path().to_string().trim_start_matches('.').to_string(),
+            message: e.inner().to_string(),
+        }]
+    })?;
+    let errors = validate(&config);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(errors)
+    }
+}
+
 impl ConnectorConfig {
     /// Reads, expands and validates a config file.
     pub fn load(path: &Path) -> Result<ConnectorConfig, ConfigErrors> {
-        let fail = |errors| ConfigErrors {
-            file: path.to_path_buf(),
-            errors,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            fail(vec![ConfigError {
-                path: String::new(),
-                message: format!("cannot read: {e}"),
-            }])
-        })?;
-        Self::from_yaml_str(&text, &|name| std::env::var(name).ok()).map_err(fail)
+        load_file(path, Self::from_yaml_str)
     }
 
     /// Parses YAML text, expanding `${VAR}` from `env`. Collects every error it can.
@@ -488,29 +558,7 @@ impl ConnectorConfig {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ConnectorConfig, Vec<ConfigError>> {
-        let mut doc: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| {
-            vec![ConfigError {
-                path: String::new(),
-                message: format!("invalid YAML: {e}"),
-            }]
-        })?;
-        let mut errors = Vec::new();
-        errors.extend(expand_env_in(&mut doc, env));
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let config: ConnectorConfig = serde_path_to_error::deserialize(doc).map_err(|e| {
-            vec![ConfigError {
-                path: e.path().to_string().trim_start_matches('.').to_string(),
-                message: e.inner().to_string(),
-            }]
-        })?;
-        let errors = config.validate();
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(errors)
-        }
+        parse_yaml(text, env, ConnectorConfig::validate)
     }
 
     /// Semantic checks beyond types: addresses, uniqueness, files that must exist.

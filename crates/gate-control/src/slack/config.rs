@@ -26,8 +26,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gate_core::config::ConfigError;
+use gate_core::config::de::{duration, number};
 use gate_store::OrgId;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::config::SecretString;
@@ -190,29 +191,6 @@ fn default_initial_backoff() -> Duration {
 }
 fn default_max_backoff() -> Duration {
     Duration::from_secs(120)
-}
-
-/// Numbers may arrive as strings after `${ENV}` expansion.
-fn number<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        N(u64),
-        S(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::N(n) => Ok(n),
-        Raw::S(s) => s
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a number"))),
-    }
-}
-
-/// A humantime duration (`500ms`, `10s`, `2m`).
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(s.trim()).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
 }
 
 /// Slack ids (users, channels) are short tokens without spaces.
