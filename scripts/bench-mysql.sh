@@ -164,7 +164,7 @@ cleanup() {
   if [ -n "$WORK" ] && [ -s "$WORK/mysql/mariadbd.pid" ]; then
     local mpid
     mpid=$(head -n 1 "$WORK/mysql/mariadbd.pid")
-    if [ -n "$mpid" ] && alive "$mpid" && tr '\0' ' ' <"/proc/$mpid/cmdline" 2>/dev/null | grep -qF -- "--datadir=$WORK/mysql/data"; then
+    if [ -n "$mpid" ] && alive "$mpid" && tr '\0' ' ' <"/proc/$mpid/cmdline" 2>/dev/null | grep -F -- "--datadir=$WORK/mysql/data" >/dev/null; then
       kill -TERM "$mpid" 2>/dev/null
       for _ in $(seq 1 600); do alive "$mpid" || break; sleep 0.1; done
       alive "$mpid" && kill -KILL "$mpid" 2>/dev/null
@@ -229,7 +229,7 @@ SYSBENCH=$(command -v sysbench) || die "sysbench not found after installing it"
 # sysbench 1.0's --mysql-ssl=on reads client-key.pem, client-cert.pem and cacert.pem from
 # the current directory and, with MYSQL_OPT_SSL_MODE where the client library has it, sets
 # SSL_MODE_REQUIRED. (sysbench 1.1 names the option --mysql-ssl=REQUIRED.)
-if "$SYSBENCH" --help 2>/dev/null | grep -q -- '--mysql-ssl=STRING'; then
+if "$SYSBENCH" --help 2>/dev/null | grep -- '--mysql-ssl=STRING' >/dev/null; then
   SSL_OPT="--mysql-ssl=REQUIRED"
 else
   SSL_OPT="--mysql-ssl=on"
