@@ -388,7 +388,8 @@ say "all three targets answer; TLS: direct plain TCP (sslmode=disable), pgbounce
 if [ "${BENCH_HOLD:-0}" = 1 ]; then
   for t in "${TARGETS[@]}"; do say "$t: $(target_env "$t")"; done
   say "gate-connector pid $CONNECTOR_PID, pgbouncer pid $PGB_PID; holding until Ctrl-C"
-  while :; do sleep 3600; done
+  # `wait` (not a foreground sleep) lets the exit trap run as soon as a signal arrives.
+  while :; do sleep 3600 & wait $!; done
 fi
 
 cat <<EOF
