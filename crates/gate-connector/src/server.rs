@@ -346,9 +346,9 @@ fn announce_recordings(recordings: &Recordings, audit: &gate_pipeline::AuditLog)
         };
         let event = gate_core::AuditEvent {
             session_id: Some(index.session_id),
-            identity: Some(index.user.clone()),
-            resource: Some(index.resource.clone()),
-            protocol: Some(index.protocol.clone()),
+            identity: Some(Arc::new(index.user.clone())),
+            resource: Some(index.resource.as_str().into()),
+            protocol: Some(index.protocol.clone().into()),
             details,
             ..gate_core::AuditEvent::new(gate_core::AuditKind::Recording)
         };

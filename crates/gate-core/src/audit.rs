@@ -1,6 +1,8 @@
 //! Audit events: the append-only record of who did what, and what Gate decided.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::SystemTime;
 use uuid::Uuid;
 
@@ -31,6 +33,10 @@ pub struct AuditIdentity {
 
 /// One audit event. `id` is unique (UUIDv7, time-ordered) so a receiver can deduplicate
 /// at-least-once deliveries.
+///
+/// What stays the same for a whole session (identity, resource, client address) is shared
+/// (`Arc`), and names Gate knows in advance (protocol, query type) are borrowed, so the event
+/// audited for each statement costs no copies of them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub id: Uuid,
@@ -40,16 +46,16 @@ pub struct AuditEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<AuditIdentity>,
+    pub identity: Option<Arc<AuditIdentity>>,
     /// The user name the client presented (useful on auth failures, where no identity exists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presented_user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resource: Option<String>,
+    pub resource: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<String>,
+    pub protocol: Option<Cow<'static, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_addr: Option<String>,
+    pub client_addr: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<Stage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,7 +66,7 @@ pub struct AuditEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statement: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub query_type: Option<String>,
+    pub query_type: Option<Cow<'static, str>>,
     /// `true` when the decision came from a dry-run policy and was not enforced.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,

@@ -87,11 +87,12 @@ impl RequestFacts {
         }
     }
 
-    /// The request's kind for audit and recordings (`select`, `exec`, `subsystem`, …).
-    pub fn kind(&self) -> &str {
+    /// The request's kind for audit and recordings (`select`, `exec`, `subsystem`, …);
+    /// borrowed where the kind is one Gate names itself.
+    pub fn kind(&self) -> std::borrow::Cow<'static, str> {
         match self {
-            RequestFacts::Query(q) => q.query_type.as_str(),
-            RequestFacts::Ssh(s) => s.channel.as_str(),
+            RequestFacts::Query(q) => q.query_type.as_str().into(),
+            RequestFacts::Ssh(s) => s.channel.clone().into(),
         }
     }
 }

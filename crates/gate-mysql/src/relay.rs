@@ -379,7 +379,7 @@ impl Relay<'_> {
                 blocked = Some(d.clone());
             }
             rewrite |= d.action == Action::Rewrite && d.query.is_some();
-            stmts.push((Arc::new(f), Arc::new(d)));
+            stmts.push((f, Arc::new(d)));
         }
         if stmts.is_empty() {
             stmts.push((

@@ -281,9 +281,9 @@ impl Pipeline {
                 self.audit
                     .emit(AuditEvent {
                         presented_user: Some(user.to_string()),
-                        resource: resource.map(str::to_string),
-                        protocol: Some(client.protocol.to_string()),
-                        client_addr: Some(client.addr.to_string()),
+                        resource: resource.map(Into::into),
+                        protocol: Some(client.protocol.as_str().into()),
+                        client_addr: Some(client.addr.to_string().into()),
                         reason: Some(e.detail().to_string()),
                         ..AuditEvent::new(AuditKind::AuthFailure)
                     })
@@ -306,8 +306,8 @@ impl Pipeline {
         self.audit
             .emit(AuditEvent {
                 presented_user: user.map(str::to_string),
-                protocol: Some(client.protocol.to_string()),
-                client_addr: Some(client.addr.to_string()),
+                protocol: Some(client.protocol.as_str().into()),
+                client_addr: Some(client.addr.to_string().into()),
                 reason: Some(reason.to_string()),
                 ..AuditEvent::new(AuditKind::AuthFailure)
             })
@@ -374,9 +374,9 @@ impl Pipeline {
         self.audit
             .emit(AuditEvent {
                 session_id: Some(id),
-                resource: Some(info.resource),
-                protocol: Some(info.protocol),
-                client_addr: Some(info.client_addr),
+                resource: Some(info.resource.into()),
+                protocol: Some(info.protocol.into()),
+                client_addr: Some(info.client_addr.into()),
                 presented_user: Some(info.user),
                 reason: Some(format!("terminated by {by}: {reason}")),
                 ..AuditEvent::new(AuditKind::SessionTerminated)

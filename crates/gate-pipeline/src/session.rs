@@ -1,5 +1,6 @@
 //! One client session: identity, resource, recorder and counters, and the per-request hooks.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -180,6 +181,29 @@ pub struct Session {
     /// Would-be decisions of dry-run policies, audited by the hook that evaluated them.
     dry_runs: std::sync::Mutex<Vec<(Stage, gate_policy::DryRunOutcome)>>,
     closed: bool,
+    audit_context: AuditContext,
+}
+
+/// What every audit event of a session repeats, built once and shared by its events.
+#[derive(Clone)]
+struct AuditContext {
+    identity: Arc<AuditIdentity>,
+    resource: Arc<str>,
+    client_addr: Arc<str>,
+}
+
+impl AuditContext {
+    fn new(identity: &Identity, resource: &ResourceConfig, client: &ClientInfo) -> Self {
+        AuditContext {
+            identity: Arc::new(AuditIdentity {
+                sub: identity.sub.clone(),
+                name: identity.name.clone(),
+                email: identity.email.clone(),
+            }),
+            resource: resource.name.as_str().into(),
+            client_addr: client.addr.to_string().into(),
+        }
+    }
 }
 
 fn stage_index(s: Stage) -> usize {
@@ -225,6 +249,7 @@ impl Pipeline {
         let protocol = client.protocol;
         let resource_name = resource.name.clone();
         let labels = [protocol.as_str(), resource_name.as_str()];
+        let audit_context = AuditContext::new(&identity, &resource, &client);
         let mut session = Session {
             pipeline: self.clone(),
             id: Uuid::now_v7(),
@@ -254,6 +279,7 @@ impl Pipeline {
             termination: None,
             dry_runs: Default::default(),
             closed: true,
+            audit_context,
         };
         session.session_facts.id = session.id;
         session.base_input = match gate_policy::PolicyInput::new(&SessionInput {
@@ -498,7 +524,7 @@ impl Session {
         recorder
             .record(QueryEntry {
                 statement: facts.statement().to_string(),
-                query_type: facts.kind().to_string(),
+                query_type: facts.kind(),
                 action: decision.action,
                 reason: decision.reason.clone(),
                 rows: 0,
@@ -542,8 +568,12 @@ impl Session {
             self.audit_decision(Stage::PostRequest, &decision, facts)
                 .await;
         } else {
-            self.audit_dry_runs(facts.map(|f| (f.statement.as_str(), f.query_type.as_str())))
-                .await;
+            self.audit_dry_runs(
+                facts
+                    .map(|f| (f.statement.as_str(), f.query_type.as_str().into()))
+                    .as_ref(),
+            )
+            .await;
         }
         match decision.action {
             Action::Allow => Ok(MaskPlan::empty()),
@@ -571,8 +601,12 @@ impl Session {
         }
         let decision = self.evaluate(Stage::PostRequest, facts, Some(&[]));
         if decision.action == Action::Allow && decision.masks.is_empty() {
-            self.audit_dry_runs(facts.map(|f| (f.statement.as_str(), f.query_type.as_str())))
-                .await;
+            self.audit_dry_runs(
+                facts
+                    .map(|f| (f.statement.as_str(), f.query_type.as_str().into()))
+                    .as_ref(),
+            )
+            .await;
             return Ok(());
         }
         let refusal = Decision {
@@ -608,7 +642,7 @@ impl Session {
         recorder
             .record(QueryEntry {
                 statement: facts.statement.clone(),
-                query_type: facts.query_type.as_str().to_string(),
+                query_type: facts.query_type.as_str().into(),
                 action: decision.action,
                 reason: decision.reason.clone(),
                 rows: outcome.rows,
@@ -768,7 +802,7 @@ impl Session {
         self.audit_decision_of(
             stage,
             decision,
-            facts.map(|f| (f.statement.as_str(), f.query_type.as_str())),
+            facts.map(|f| (f.statement.as_str(), f.query_type.as_str().into())),
         )
         .await
     }
@@ -778,9 +812,9 @@ impl Session {
         &self,
         stage: Stage,
         decision: &Decision,
-        request: Option<(&str, &str)>,
+        request: Option<(&str, Cow<'static, str>)>,
     ) {
-        self.audit_dry_runs(request).await;
+        self.audit_dry_runs(request.as_ref()).await;
         self.decision_counters[stage_index(stage)][action_index(decision.action)]
             .get_or_init(|| {
                 self.pipeline.metrics.decisions.with_label_values(&[
@@ -798,8 +832,8 @@ impl Session {
                 stage: Some(stage),
                 action: Some(decision.action),
                 reason: decision.reason.clone(),
-                statement: request.map(|(statement, _)| statement.to_string()),
-                query_type: request.map(|(_, kind)| kind.to_string()),
+                statement: request.as_ref().map(|(statement, _)| statement.to_string()),
+                query_type: request.map(|(_, kind)| kind),
                 dry_run: decision.dry_run,
                 ..self.event(AuditKind::PolicyDecision)
             })
@@ -807,7 +841,7 @@ impl Session {
     }
 
     /// Audits what dry-run policies would have decided (never enforced).
-    async fn audit_dry_runs(&self, request: Option<(&str, &str)>) {
+    async fn audit_dry_runs(&self, request: Option<&(&str, Cow<'static, str>)>) {
         let pending = {
             let mut d = self.dry_runs.lock().unwrap_or_else(|p| p.into_inner());
             if d.is_empty() {
@@ -831,7 +865,7 @@ impl Session {
                         None => format!("dry run of {}", outcome.policy),
                     }),
                     statement: request.map(|(statement, _)| statement.to_string()),
-                    query_type: request.map(|(_, kind)| kind.to_string()),
+                    query_type: request.map(|(_, kind)| kind.clone()),
                     dry_run: true,
                     ..self.event(AuditKind::PolicyDecision)
                 })
@@ -840,19 +874,17 @@ impl Session {
     }
 
     fn audit_identity(&self) -> AuditIdentity {
-        AuditIdentity {
-            sub: self.identity.sub.clone(),
-            name: self.identity.name.clone(),
-            email: self.identity.email.clone(),
-        }
+        (*self.audit_context.identity).clone()
     }
 
+    /// A new event of `kind` about this session's user, resource and client.
     fn event(&self, kind: AuditKind) -> AuditEvent {
+        let c = &self.audit_context;
         AuditEvent {
-            identity: Some(self.audit_identity()),
-            resource: Some(self.resource.name.clone()),
-            protocol: Some(self.client.protocol.to_string()),
-            client_addr: Some(self.client.addr.to_string()),
+            identity: Some(c.identity.clone()),
+            resource: Some(c.resource.clone()),
+            protocol: Some(self.client.protocol.as_str().into()),
+            client_addr: Some(c.client_addr.clone()),
             ..AuditEvent::new(kind)
         }
     }
@@ -892,6 +924,7 @@ impl Drop for Session {
                 termination: None,
                 dry_runs: Default::default(),
                 closed: false,
+                audit_context: self.audit_context.clone(),
             };
             self.closed = true;
             if let Ok(rt) = tokio::runtime::Handle::try_current() {

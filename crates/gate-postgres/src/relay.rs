@@ -34,7 +34,8 @@ pub const MAX_CLIENT_MESSAGE: usize = 256 << 20;
 pub(crate) struct Shape {
     plan: MaskPlan,
     type_oids: Vec<u32>,
-    formats: Vec<i16>,
+    /// Shared so a row of a simple query can borrow it without allocating.
+    formats: Arc<[i16]>,
     /// Set when `post_request` refused this result: its rows never reach the client.
     refused: Option<String>,
 }
@@ -110,13 +111,67 @@ enum Pending {
 #[derive(Default)]
 struct State {
     pending: VecDeque<Pending>,
-    statements: HashMap<Box<[u8]>, Stmt>,
-    portals: HashMap<Box<[u8]>, Portal>,
+    statements: ByName<Stmt>,
+    portals: ByName<Portal>,
     tx_status: u8,
     poison_seq: u64,
     /// The upstream is in COPY FROM STDIN mode (CopyInResponse seen, the client's CopyDone or
     /// CopyFail not yet). PostgreSQL ignores Sync in that mode, so no answer will come for one.
     copy_in: bool,
+}
+
+/// Prepared statements or portals by name. The unnamed one, which extended-protocol clients
+/// replace with every query, lives outside the map: no hashing or key copy per query.
+struct ByName<T> {
+    unnamed: Option<T>,
+    named: HashMap<Box<[u8]>, T>,
+}
+
+impl<T> Default for ByName<T> {
+    fn default() -> Self {
+        ByName {
+            unnamed: None,
+            named: HashMap::new(),
+        }
+    }
+}
+
+impl<T> ByName<T> {
+    fn get(&self, name: &[u8]) -> Option<&T> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.named.get(name)
+        }
+    }
+
+    fn get_mut(&mut self, name: &[u8]) -> Option<&mut T> {
+        if name.is_empty() {
+            self.unnamed.as_mut()
+        } else {
+            self.named.get_mut(name)
+        }
+    }
+
+    fn contains(&self, name: &[u8]) -> bool {
+        self.get(name).is_some()
+    }
+
+    fn insert(&mut self, name: &[u8], value: T) {
+        if name.is_empty() {
+            self.unnamed = Some(value);
+        } else {
+            self.named.insert(name.into(), value);
+        }
+    }
+
+    fn remove(&mut self, name: &[u8]) {
+        if name.is_empty() {
+            self.unnamed = None;
+        } else {
+            self.named.remove(name);
+        }
+    }
 }
 
 /// How the relay ended.
@@ -136,6 +191,10 @@ pub(crate) struct Relay<'a> {
     /// SQL facts of this session's statements, reused when only literals differ.
     facts: Mutex<gate_sql::FactsCache>,
     poison_prefix: String,
+    /// Bind's most common result formats (none given; one code for all columns, text),
+    /// shared by every portal that asks for them instead of allocated per Bind.
+    default_formats: Arc<[i16]>,
+    text_formats: Arc<[i16]>,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -164,7 +223,17 @@ impl<'a> Relay<'a> {
                 ..State::default()
             }),
             poison_prefix: format!("GATE_BLOCKED_{nonce:016x}_"),
+            default_formats: Arc::from([]),
+            text_formats: Arc::from([0]),
             facts: Mutex::new(gate_sql::FactsCache::new()),
+        }
+    }
+
+    fn result_formats(&self, formats: Vec<i16>) -> Arc<[i16]> {
+        match formats.as_slice() {
+            [] => self.default_formats.clone(),
+            [0] => self.text_formats.clone(),
+            _ => formats.into(),
         }
     }
 
@@ -202,7 +271,7 @@ impl<'a> Relay<'a> {
                 _ => {}
             }
             stmts.push(SimpleStmt {
-                facts: Arc::new(f),
+                facts: f,
                 decision: Arc::new(d),
             });
         }
@@ -388,9 +457,9 @@ impl<'a> Relay<'a> {
             _ => first.decision,
         };
         let mut st = lock(&self.state);
-        if name.is_empty() || !st.statements.contains_key(name) {
+        if name.is_empty() || !st.statements.contains(name) {
             st.statements.insert(
-                name.into(),
+                name,
                 Stmt {
                     facts: first.facts,
                     decision,
@@ -405,6 +474,7 @@ impl<'a> Relay<'a> {
 
     fn on_bind(&self, frame: Frame, out: &mut BytesMut) -> Result<(), WireError> {
         let info = wire::parse_bind(frame.body())?;
+        let formats = self.result_formats(info.result_formats);
         let mut st = lock(&self.state);
         let portal = match st.statements.get(info.statement) {
             Some(s) => Portal {
@@ -412,7 +482,7 @@ impl<'a> Relay<'a> {
                 decision: s.decision.clone(),
                 stmt_slot: s.slot.clone(),
                 slot: ShapeSlot::default(),
-                formats: info.result_formats.into(),
+                formats,
                 described: s.described,
             },
             // Unknown statement: the upstream will answer with an error; nothing to attribute.
@@ -421,11 +491,11 @@ impl<'a> Relay<'a> {
                 decision: Arc::new(Decision::allow()),
                 stmt_slot: ShapeSlot::default(),
                 slot: ShapeSlot::default(),
-                formats: info.result_formats.into(),
+                formats,
                 described: false,
             },
         };
-        st.portals.insert(info.portal.into(), portal);
+        st.portals.insert(info.portal, portal);
         st.pending.push_back(Pending::Bind);
         out.extend_from_slice(&frame.raw);
         Ok(())
@@ -603,7 +673,7 @@ impl<'a> Relay<'a> {
                         Some(Pending::Simple(q)) => {
                             q.rows += 1;
                             q.shape.clone().map(|s| {
-                                let f: Arc<[i16]> = s.formats.as_slice().into();
+                                let f = s.formats.clone();
                                 (s, f)
                             })
                         }
@@ -852,7 +922,7 @@ impl<'a> Relay<'a> {
         Ok(Arc::new(Shape {
             plan,
             type_oids: desc.type_oids,
-            formats: desc.formats,
+            formats: desc.formats.into(),
             refused,
         }))
     }
@@ -930,7 +1000,7 @@ impl Shape {
         Shape {
             plan: MaskPlan::empty(),
             type_oids: Vec::new(),
-            formats: Vec::new(),
+            formats: Arc::from([]),
             refused: None,
         }
     }

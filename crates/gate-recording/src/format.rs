@@ -52,7 +52,7 @@ pub struct QueryLine {
     #[serde(with = "serde_rfc3339")]
     pub time: SystemTime,
     pub statement: String,
-    pub query_type: String,
+    pub query_type: std::borrow::Cow<'static, str>,
     pub action: Action,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

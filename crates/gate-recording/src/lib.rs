@@ -466,7 +466,7 @@ pub struct SessionHeader {
 #[derive(Debug, Clone)]
 pub struct QueryEntry {
     pub statement: String,
-    pub query_type: String,
+    pub query_type: std::borrow::Cow<'static, str>,
     pub action: Action,
     pub reason: Option<String>,
     pub rows: u64,

@@ -7,9 +7,14 @@
 //! conservative: anything the small lexer here cannot be sure about (comments, dollar quoting,
 //! escape strings, MySQL's backslash escapes and double quotes, which are identifiers under
 //! ANSI_QUOTES) makes it give up, and the text is simply parsed. Texts with several
-//! statements are never cached.
+//! statements are never cached by fingerprint.
+//!
+//! Before any of that, a text identical to the previous one gets the previous facts back
+//! as they are: clients of the extended protocol send the same statement text with every
+//! execution, and then there is nothing to lex at all.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use gate_core::{QueryFacts, QueryType};
 
@@ -23,6 +28,11 @@ const MAX_LEN: usize = 4096;
 #[derive(Default)]
 pub struct FactsCache {
     entries: HashMap<String, (QueryType, Vec<String>)>,
+    /// The fingerprint being looked up, kept between calls so a hit allocates nothing for it.
+    scratch: String,
+    /// The previous text (its buffer reused), its dialect and its facts.
+    last_text: String,
+    last: Option<(SqlDialect, Vec<Arc<QueryFacts>>)>,
 }
 
 impl FactsCache {
@@ -30,12 +40,37 @@ impl FactsCache {
         Self::default()
     }
 
-    /// [`analyze`], reusing the facts of an earlier statement with the same fingerprint.
-    pub fn analyze(&mut self, sql: &str, dialect: SqlDialect) -> Vec<QueryFacts> {
-        let Some(fp) = fingerprint(sql, dialect) else {
+    /// [`analyze`], reusing the facts of the previous text when this one is the same, or of
+    /// an earlier statement with the same fingerprint.
+    pub fn analyze(&mut self, sql: &str, dialect: SqlDialect) -> Vec<Arc<QueryFacts>> {
+        if let Some((d, facts)) = &self.last
+            && *d == dialect
+            && self.last_text == sql
+        {
+            return facts.clone();
+        }
+        let mut fp = std::mem::take(&mut self.scratch);
+        let facts: Vec<Arc<QueryFacts>> = self
+            .analyze_with(sql, dialect, &mut fp)
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        self.scratch = fp;
+        if sql.len() <= MAX_LEN {
+            self.last_text.clear();
+            self.last_text.push_str(sql);
+            self.last = Some((dialect, facts.clone()));
+        } else {
+            self.last = None;
+        }
+        facts
+    }
+
+    fn analyze_with(&mut self, sql: &str, dialect: SqlDialect, fp: &mut String) -> Vec<QueryFacts> {
+        if !fingerprint(sql, dialect, fp) {
             return analyze(sql, dialect);
-        };
-        if let Some((query_type, tables)) = self.entries.get(&fp) {
+        }
+        if let Some((query_type, tables)) = self.entries.get(fp.as_str()) {
             return vec![QueryFacts {
                 query_type: *query_type,
                 statement: sql.trim().trim_end_matches(';').trim_end().to_string(),
@@ -50,19 +85,24 @@ impl FactsCache {
                 self.entries.clear();
             }
             self.entries
-                .insert(fp, (single.query_type, single.tables.clone()));
+                .insert(fp.clone(), (single.query_type, single.tables.clone()));
         }
         facts
     }
 }
 
-/// The text with literals replaced by `?`, or `None` when the lexer is not sure.
-fn fingerprint(sql: &str, dialect: SqlDialect) -> Option<String> {
+/// Writes the text with literals replaced by `?` into `out`; `false` when the lexer is not
+/// sure (then `out` holds nothing meaningful).
+fn fingerprint(sql: &str, dialect: SqlDialect, out: &mut String) -> bool {
+    out.clear();
+    fingerprint_into(sql, dialect, out).is_some()
+}
+
+fn fingerprint_into(sql: &str, dialect: SqlDialect, out: &mut String) -> Option<()> {
     if sql.len() > MAX_LEN {
         return None;
     }
     let b = sql.as_bytes();
-    let mut out = String::with_capacity(sql.len());
     let mut i = 0;
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
     while i < b.len() {
@@ -155,12 +195,43 @@ fn fingerprint(sql: &str, dialect: SqlDialect) -> Option<String> {
             }
         }
     }
-    Some(out)
+    Some(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fingerprint_of(sql: &str, dialect: SqlDialect) -> Option<String> {
+        let mut out = String::from("left over from an earlier call");
+        fingerprint(sql, dialect, &mut out).then_some(out)
+    }
+
+    fn owned(facts: Vec<Arc<QueryFacts>>) -> Vec<QueryFacts> {
+        facts.into_iter().map(|f| (*f).clone()).collect()
+    }
+
+    #[test]
+    fn the_same_text_again_gets_the_same_facts_without_lexing() {
+        let mut cache = FactsCache::new();
+        let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+        let a = cache.analyze(sql, SqlDialect::Postgres);
+        let b = cache.analyze(sql, SqlDialect::Postgres);
+        assert!(Arc::ptr_eq(&a[0], &b[0]), "the previous facts, not a copy");
+        // Another dialect, or another text, is analyzed afresh.
+        let c = cache.analyze(sql, SqlDialect::Mysql);
+        assert!(!Arc::ptr_eq(&a[0], &c[0]));
+        let multi = "SELECT 1; DROP TABLE users";
+        assert_eq!(
+            owned(cache.analyze(multi, SqlDialect::Postgres)),
+            analyze(multi, SqlDialect::Postgres)
+        );
+        assert_eq!(
+            owned(cache.analyze(multi, SqlDialect::Postgres)),
+            analyze(multi, SqlDialect::Postgres)
+        );
+        assert_eq!(owned(cache.analyze(sql, SqlDialect::Postgres)), owned(a));
+    }
 
     #[test]
     fn literals_vary_facts_do_not() {
@@ -180,7 +251,7 @@ mod tests {
             "SELECT abalance FROM pgbench_accounts WHERE aid = 777"
         );
         assert_eq!(
-            b,
+            owned(b),
             analyze(
                 "SELECT abalance FROM pgbench_accounts WHERE aid = 777;",
                 SqlDialect::Postgres
@@ -203,8 +274,8 @@ mod tests {
             ("DELETE FROM t WHERE a = 1", "SELECT * FROM t WHERE a = 1"),
         ] {
             assert_ne!(
-                fingerprint(x, SqlDialect::Postgres),
-                fingerprint(y, SqlDialect::Postgres),
+                fingerprint_of(x, SqlDialect::Postgres),
+                fingerprint_of(y, SqlDialect::Postgres),
                 "{x} vs {y}"
             );
         }
@@ -223,9 +294,9 @@ mod tests {
             ("SELECT 'a\\'b'", SqlDialect::Mysql),
             ("SELECT 1 # c", SqlDialect::Mysql),
         ] {
-            assert_eq!(fingerprint(sql, d), None, "{sql}");
+            assert_eq!(fingerprint_of(sql, d), None, "{sql}");
         }
-        assert!(fingerprint("SELECT $1::int", SqlDialect::Postgres).is_some());
+        assert!(fingerprint_of("SELECT $1::int", SqlDialect::Postgres).is_some());
         // `1from t` is `1 FROM t` to PostgreSQL; it must not share a fingerprint with `1 t`.
         for sql in [
             "SELECT 1from t",
@@ -234,10 +305,10 @@ mod tests {
             "SELECT 'a'b",
             "SELECT 1'x'",
         ] {
-            assert_eq!(fingerprint(sql, SqlDialect::Postgres), None, "{sql}");
+            assert_eq!(fingerprint_of(sql, SqlDialect::Postgres), None, "{sql}");
         }
         assert_eq!(
-            fingerprint("SELECT 1.5e-3, 2E+4, 10 FROM t", SqlDialect::Postgres).as_deref(),
+            fingerprint_of("SELECT 1.5e-3, 2E+4, 10 FROM t", SqlDialect::Postgres).as_deref(),
             Some("SELECT ?, ?, ? FROM t")
         );
     }
@@ -257,7 +328,7 @@ mod tests {
             for t in templates {
                 let sql = t.replace("{}", &(round * 7 + 1).to_string());
                 for d in [SqlDialect::Postgres, SqlDialect::Mysql] {
-                    assert_eq!(cache.analyze(&sql, d), analyze(&sql, d), "{sql}");
+                    assert_eq!(owned(cache.analyze(&sql, d)), analyze(&sql, d), "{sql}");
                 }
             }
         }
