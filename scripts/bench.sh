@@ -378,6 +378,18 @@ target_env() { # target -> prints env assignments
   esac
 }
 TARGETS=(direct pgbouncer gate)
+# CPU ticks (user, system) the proxy of a target has used so far; nothing for direct.
+proxy_ticks() {
+  local pid=""
+  case "$1" in
+    pgbouncer) pid=$PGB_PID ;;
+    gate) pid=$CONNECTOR_PID ;;
+  esac
+  [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 0
+  # The command name is in parentheses and may hold spaces: count fields after it.
+  sed 's/^.*) //' "/proc/$pid/stat" | awk '{print $12, $13}'
+}
+CLK_TCK=$(getconf CLK_TCK)
 for t in "${TARGETS[@]}"; do
   # shellcheck disable=SC2046
   got=$(env -u PGSERVICE -u PGSSLROOTCERT $(target_env "$t") "$PSQL" -X -At -c "SELECT count(*) FROM pgbench_branches" 2>&1) \
@@ -421,9 +433,17 @@ if [ "${BENCH_SKIP_PGBENCH:-0}" != 1 ]; then
           run_no=$((run_no + 1))
           out="$WORK/runs/$run_no-$mode-c$c-r$round-$t.log"
           rc=0
+          ticks0=$(proxy_ticks "$t")
           # shellcheck disable=SC2046
           run_child "$out" env -u PGSERVICE -u PGSSLROOTCERT $(target_env "$t") \
             "$PGBENCH" -n -S -M "$mode" -c "$c" -j "$j" -T "$RUN_SECS" || rc=$?
+          ticks1=$(proxy_ticks "$t")
+          txs=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out" | head -n1)
+          # The proxy's CPU time per transaction, user and system, in µs (NA for direct).
+          cpu=$(awk -v a="$ticks0" -v b="$ticks1" -v n="${txs:-0}" -v hz="$CLK_TCK" 'BEGIN {
+            split(a, x, " "); split(b, y, " ")
+            if (a == "" || b == "" || n <= 0) { print "NA\tNA"; exit }
+            printf "%.2f\t%.2f\n", (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) * 1e6 / hz / n }')
           tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -n1)
           lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$out" | head -n1)
           failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out" | head -n1)
@@ -432,7 +452,7 @@ if [ "${BENCH_SKIP_PGBENCH:-0}" != 1 ]; then
             tail -n 5 "$out" >&2
             tps=NA
           fi
-          printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$c" "$round" "$t" "$tps" "${lat:-NA}" "${failed:-0}" >>"$RESULTS"
+          printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$mode" "$c" "$round" "$t" "$tps" "${lat:-NA}" "${failed:-0}" "$cpu" >>"$RESULTS"
           line="$line $(printf '%s %s' "$t" "${tps%.*}")"
         done
         say "$line tps"

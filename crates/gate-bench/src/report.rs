@@ -1,13 +1,16 @@
 //! Summary of the pgbench runs recorded by scripts/bench.sh.
 //!
 //! Input: a TSV file, one run per line:
-//! `mode  clients  round  target  tps  latency_ms  failed_transactions` (`tps` is `NA` for a
-//! run that failed). Targets are `direct`, `pgbouncer` and `gate`.
+//! `mode  clients  round  target  tps  latency_ms  failed_transactions  [user_us  sys_us]`
+//! (`tps` is `NA` for a run that failed; the last two, the proxy's CPU time per transaction,
+//! are `NA` for `direct` and may be missing). Targets are `direct`, `pgbouncer` and `gate`.
 //!
 //! Per (mode, clients): the median TPS and median average latency of each target, and the
 //! ratios gate/direct, pgbouncer/direct and gate/pgbouncer, each the median of the per-round
 //! TPS ratios (both runs of a pair come from the same round, so a slow phase of the shared
-//! machine affects both sides of a ratio instead of one target only).
+//! machine affects both sides of a ratio instead of one target only). Then each proxy's CPU
+//! time per transaction: on a shared 2-core machine it moves far less from run to run than
+//! TPS does, so it is what shows whether a change made the gateway cheaper.
 
 use std::path::PathBuf;
 
@@ -31,6 +34,8 @@ struct Run {
     tps: Option<f64>,
     latency_ms: Option<f64>,
     failed_tx: u64,
+    /// The proxy's CPU time per transaction, µs: (user, system).
+    cpu_us: Option<(f64, f64)>,
 }
 
 #[derive(Debug)]
@@ -97,6 +102,10 @@ fn parse(text: &str) -> anyhow::Result<Vec<Group>> {
             tps: opt(f[4]),
             latency_ms: opt(f[5]),
             failed_tx: f.get(6).and_then(|s| s.parse().ok()).unwrap_or(0),
+            cpu_us: f
+                .get(7)
+                .and_then(|u| opt(u))
+                .zip(f.get(8).and_then(|s| opt(s))),
         };
         match groups
             .iter_mut()
@@ -212,6 +221,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<bool> {
             if ok { "PASS" } else { "MISS" }
         ));
     }
+    print_cpu(&groups);
     println!();
     println!(
         "target: Gate >= {:.2} x pgbouncer-TLS (median of per-round TPS ratios)",
@@ -228,6 +238,48 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<bool> {
         all_ok = false;
     }
     Ok(all_ok)
+}
+
+/// Each proxy's CPU time per transaction (median over rounds), when the runs recorded it.
+fn print_cpu(groups: &[Group]) {
+    let per_target = |runs: &[Run]| {
+        let user: Vec<f64> = runs.iter().filter_map(|r| r.cpu_us.map(|c| c.0)).collect();
+        let sys: Vec<f64> = runs.iter().filter_map(|r| r.cpu_us.map(|c| c.1)).collect();
+        median(&user).zip(median(&sys))
+    };
+    let rows: Vec<_> = groups
+        .iter()
+        .map(|g| (g, per_target(&g.runs[1]), per_target(&g.runs[2])))
+        .filter(|(_, p, g)| p.is_some() || g.is_some())
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let fmt = |c: Option<(f64, f64)>| {
+        c.map_or_else(
+            || "-".to_string(),
+            |(u, s)| format!("{:.1} ({u:.1} + {s:.1})", u + s),
+        )
+    };
+    println!();
+    println!("proxy CPU time per transaction, µs: user + system (median over rounds)");
+    println!(
+        "{:<9} {:>2} | {:<22} {:<22} gate - pgbouncer",
+        "mode", "-c", "pgbouncer", "gate"
+    );
+    for (g, p, gate) in rows {
+        let diff = p.zip(gate).map_or_else(
+            || "-".to_string(),
+            |(p, g)| format!("{:+.1}", (g.0 + g.1) - (p.0 + p.1)),
+        );
+        println!(
+            "{:<9} {:>2} | {:<22} {:<22} {diff}",
+            g.mode,
+            g.clients,
+            fmt(p),
+            fmt(gate)
+        );
+    }
 }
 
 #[cfg(test)]
@@ -251,5 +303,19 @@ mod tests {
         assert!((m - 0.7).abs() < 1e-9 && (lo - 0.5).abs() < 1e-9 && (hi - 0.9).abs() < 1e-9);
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&[]), None);
+        // No CPU columns in this file: none parsed.
+        assert!(gate.iter().all(|r| r.cpu_us.is_none()));
+    }
+
+    #[test]
+    fn proxy_cpu_columns() {
+        let text = "extended\t8\t1\tdirect\t100\t0.1\t0\tNA\tNA\n\
+                    extended\t8\t1\tpgbouncer\t50\t0.2\t0\t4.00\t18.50\n\
+                    extended\t8\t1\tgate\t45\t0.2\t0\t9.25\t21.00\n";
+        let g = parse(text).unwrap();
+        let [d, p, gate] = &g[0].runs;
+        assert_eq!(d[0].cpu_us, None);
+        assert_eq!(p[0].cpu_us, Some((4.0, 18.5)));
+        assert_eq!(gate[0].cpu_us, Some((9.25, 21.0)));
     }
 }
