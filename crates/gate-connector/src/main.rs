@@ -85,10 +85,11 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(&cfg);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = cfg.worker_threads {
+                builder.worker_threads(n);
+            }
+            let runtime = match builder.enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("gate-connector: cannot start runtime: {e}");

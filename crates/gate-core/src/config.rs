@@ -53,6 +53,11 @@ pub struct ConnectorConfig {
     /// Where the connector keeps state it must not lose across restarts (the SSH host key).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Threads serving connections (default: one per CPU). On a host shared with the
+    /// database or the clients, fewer threads than CPUs is cheaper per query: each idle
+    /// thread costs a sleep and a wake-up per burst of work (docs/benchmarks.md).
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
 
 /// Where the control plane is and how to stay in sync with it.
@@ -578,6 +583,9 @@ impl ConnectorConfig {
         {
             err("health_addr".into(), format!("not a socket address: {e}"));
         }
+        if self.worker_threads == Some(0) {
+            err("worker_threads".into(), "must be at least 1".into());
+        }
         if let Some(tls) = &self.tls
             && tls.enabled
         {
@@ -932,6 +940,18 @@ logging: {level: info, format: json}
         assert!(paths.contains(&"resources[0].port"), "{paths:?}");
         assert!(paths.contains(&"resources[0].listen_port"), "{paths:?}");
         assert!(paths.contains(&"auth.tokens[0].token_sha256"), "{paths:?}");
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_cpus_and_zero_is_refused() {
+        let c = ConnectorConfig::from_yaml_str(GOOD, &env).unwrap();
+        assert_eq!(c.worker_threads, None);
+        let one = format!("{GOOD}worker_threads: 1\n");
+        let c = ConnectorConfig::from_yaml_str(&one, &env).unwrap();
+        assert_eq!(c.worker_threads, Some(1));
+        let zero = format!("{GOOD}worker_threads: 0\n");
+        let errs = ConnectorConfig::from_yaml_str(&zero, &env).unwrap_err();
+        assert_eq!(errs[0].path, "worker_threads", "{errs:?}");
     }
 
     #[test]
