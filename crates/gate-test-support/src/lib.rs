@@ -433,6 +433,32 @@ pub(crate) fn keep_dirs() -> bool {
     std::env::var_os("GATE_TEST_KEEP").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
+/// Kills a helper started as the leader of its own process group, with everything it
+/// started, and reaps it; nothing to do when it has already exited.
+pub(crate) fn kill_process_group(child: &mut std::process::Child) {
+    if child.try_wait().ok().flatten().is_some() {
+        return;
+    }
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) on the process group of our own, not yet reaped, child.
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Keeps a throwaway directory (and says where) when `GATE_TEST_KEEP` asks for it;
+/// otherwise dropping it removes it.
+pub(crate) fn keep_dir_if_asked(dir: &mut Option<tempfile::TempDir>) {
+    if keep_dirs()
+        && let Some(dir) = dir.take()
+    {
+        eprintln!("gate-test-support: keeping {}", dir.keep().display());
+    }
+}
+
 /// 16 random bytes as hex, from the OS.
 pub fn random_hex() -> String {
     use std::io::Read;

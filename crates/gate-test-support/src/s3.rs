@@ -253,25 +253,12 @@ impl Drop for S3Server {
                 crate::tail(&self.log(), 40)
             );
         }
-        if self.child.try_wait().ok().flatten().is_none() {
-            // An in-memory mock: nothing to shut down gracefully.
-            if let Ok(pid) = i32::try_from(self.child.id()) {
-                // SAFETY: kill(2) on the process group of our own, not yet reaped, child.
-                unsafe {
-                    libc::kill(-pid, libc::SIGKILL);
-                }
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        // An in-memory mock: nothing to shut down gracefully.
+        crate::kill_process_group(&mut self.child);
         if let Some(mut w) = self.watchdog.take() {
             w.disarm();
         }
-        if crate::keep_dirs()
-            && let Some(dir) = self.dir.take()
-        {
-            eprintln!("gate-test-support: keeping {}", dir.keep().display());
-        }
+        crate::keep_dir_if_asked(&mut self.dir);
     }
 }
 

@@ -385,24 +385,11 @@ impl Drop for WebhookReceiver {
                 crate::tail(&self.output(), 40)
             );
         }
-        if self.child.try_wait().ok().flatten().is_none() {
-            if let Ok(pid) = i32::try_from(self.child.id()) {
-                // SAFETY: kill(2) on the process group of our own, not yet reaped, child.
-                unsafe {
-                    libc::kill(-pid, libc::SIGKILL);
-                }
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        crate::kill_process_group(&mut self.child);
         if let Some(mut w) = self.watchdog.take() {
             w.disarm();
         }
-        if crate::keep_dirs()
-            && let Some(dir) = self.dir.take()
-        {
-            eprintln!("gate-test-support: keeping {}", dir.keep().display());
-        }
+        crate::keep_dir_if_asked(&mut self.dir);
     }
 }
 
