@@ -503,7 +503,7 @@ impl SessionRecorder {
         let Some(tx) = &self.tx else { return };
         let blocked = entry.action == Action::Block;
         let error = entry.error.is_some();
-        let line = format::to_line(&RecordLine::Query(QueryLine {
+        let line = format::query_line(&QueryLine {
             t: self.meta.start.elapsed().as_secs_f64(),
             time: SystemTime::now(),
             statement: entry.statement,
@@ -514,7 +514,7 @@ impl SessionRecorder {
             duration_ms: entry.duration.as_secs_f64() * 1000.0,
             error: entry.error,
             transfer: entry.transfer,
-        }));
+        });
         let msg = Msg::Line {
             meta: self.meta.clone(),
             line,
