@@ -183,6 +183,43 @@ async fn prepared_statements_are_reused_many_times() {
     tx.commit().await.unwrap();
 }
 
+/// The unnamed statement and portal (`query_typed`: Parse "" / Bind "" / Execute in one
+/// flight, as libpq's PQexecParams, JDBC before its prepare threshold and pgbench -M extended
+/// send them): the same text again and again is decided, masked and recorded every time,
+/// and stays apart from a named statement of the same session.
+#[tokio::test]
+async fn unnamed_statements_sent_again_are_decided_and_masked_every_time() {
+    use tokio_postgres::types::Type;
+    let env = start(example()).await;
+    let c = env.connect_alice().await;
+    let named = c
+        .prepare("SELECT name FROM users WHERE id = $1")
+        .await
+        .unwrap();
+    let sql = "SELECT email, ssn FROM users WHERE id = $1";
+    for i in 0..60usize {
+        let (id, real_name, real_email, real_ssn) =
+            gate_test_support::postgres::SAMPLE_USERS[i % 3];
+        let rows = c.query_typed(sql, &[(&id, Type::INT4)]).await.unwrap();
+        let email: String = rows[0].get(0);
+        let ssn: Option<String> = rows[0].get(1);
+        assert!(
+            email != real_email && email.contains('*'),
+            "masked on round {i}: {email}"
+        );
+        assert_ne!(ssn.as_deref(), Some(real_ssn), "round {i}");
+        // The named statement is untouched by the unnamed one replacing itself.
+        let name: String = c.query_one(&named, &[&id]).await.unwrap().get(0);
+        assert_eq!(name, real_name, "round {i}");
+    }
+    // A blocked unnamed statement, then the same allowed text as before.
+    let err = c.query_typed("DROP TABLE users", &[]).await.unwrap_err();
+    assert_eq!(db_error(&err).0, "42501", "{err}");
+    let rows = c.query_typed(sql, &[(&1i32, Type::INT4)]).await.unwrap();
+    let email: String = rows[0].get(0);
+    assert!(email.contains('*'), "{email}");
+}
+
 #[tokio::test]
 async fn large_result_streams_through() {
     let env = start(example()).await;
