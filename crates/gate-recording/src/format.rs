@@ -111,21 +111,34 @@ pub(crate) fn query_line(q: &QueryLine) -> Vec<u8> {
         // Strings, numbers and enums only: this cannot fail.
         let _ = serde_json::to_writer(&mut *out, value);
     }
-    let mut out = Vec::with_capacity(192 + q.statement.len());
-    field(&mut out, b"{\"type\":\"query\",\"t\":", &q.t);
-    field(&mut out, b",\"time\":", &Time(q.time));
-    field(&mut out, b",\"statement\":", &q.statement);
-    field(&mut out, b",\"query_type\":", &q.query_type);
-    field(&mut out, b",\"action\":", &q.action);
-    if let Some(reason) = &q.reason {
+    // Every field named: one added to `QueryLine` fails to compile here until it is written.
+    let QueryLine {
+        t,
+        time,
+        statement,
+        query_type,
+        action,
+        reason,
+        rows,
+        duration_ms,
+        error,
+        transfer,
+    } = q;
+    let mut out = Vec::with_capacity(192 + statement.len());
+    field(&mut out, b"{\"type\":\"query\",\"t\":", t);
+    field(&mut out, b",\"time\":", &Time(*time));
+    field(&mut out, b",\"statement\":", statement);
+    field(&mut out, b",\"query_type\":", query_type);
+    field(&mut out, b",\"action\":", action);
+    if let Some(reason) = reason {
         field(&mut out, b",\"reason\":", reason);
     }
-    field(&mut out, b",\"rows\":", &q.rows);
-    field(&mut out, b",\"duration_ms\":", &q.duration_ms);
-    if let Some(error) = &q.error {
+    field(&mut out, b",\"rows\":", rows);
+    field(&mut out, b",\"duration_ms\":", duration_ms);
+    if let Some(error) = error {
         field(&mut out, b",\"error\":", error);
     }
-    if let Some(t) = &q.transfer {
+    if let Some(t) = transfer {
         field(&mut out, b",\"bytes_in\":", &t.bytes_in);
         field(&mut out, b",\"bytes_out\":", &t.bytes_out);
         if let Some(status) = &t.exit_status {
