@@ -625,6 +625,17 @@ impl ConnectorConfig {
                     format!("file not found: {}", f.display()),
                 );
             }
+            // A pipe or device (`/dev/stdout`) takes audit events, but cannot be read back.
+            if self.audit.file.exists() && !self.audit.file.is_file() {
+                err(
+                    "audit.file".into(),
+                    format!(
+                        "{} is not a regular file; with a control plane the connector ships \
+                         audit events by reading this file back, so it must be one",
+                        self.audit.file.display()
+                    ),
+                );
+            }
         }
         if self.admin.is_some() && self.health_addr.is_none() {
             err(
@@ -952,6 +963,19 @@ logging: {level: info, format: json}
         let zero = format!("{GOOD}worker_threads: 0\n");
         let errs = ConnectorConfig::from_yaml_str(&zero, &env).unwrap_err();
         assert_eq!(errs[0].path, "worker_threads", "{errs:?}");
+    }
+
+    #[test]
+    fn an_audit_pipe_or_device_is_refused_only_with_a_control_plane() {
+        let to_null = format!("{GOOD}audit: {{file: /dev/null}}\n");
+        ConnectorConfig::from_yaml_str(&to_null, &env).expect("no control plane: fine");
+        let shipped = format!("{to_null}control_plane: {{url: \"http://127.0.0.1:1\"}}\n");
+        let errs = ConnectorConfig::from_yaml_str(&shipped, &env).unwrap_err();
+        assert_eq!(errs[0].path, "audit.file", "{errs:?}");
+        assert!(
+            errs[0].message.contains("reading this file back"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -25,9 +25,17 @@ pub trait AuditSink: Send + 'static {
 }
 
 /// Appends events as JSON Lines to a file; [`AuditSink::sync`] is an fdatasync.
+///
+/// The path may also name a pipe or a character device (`/dev/stdout` for a container's log
+/// collector): events are written to it the same way, and there is nothing to sync, since
+/// whoever reads the other end owns their durability.
 pub struct JsonlFileSink {
     path: PathBuf,
     file: Option<std::fs::File>,
+    /// Whether the open file is a regular file, the only kind fdatasync applies to (it
+    /// fails with EINVAL on a pipe or a terminal, and retrying that would stall every
+    /// session behind the audit log).
+    syncable: bool,
     buf: Vec<u8>,
 }
 
@@ -39,6 +47,7 @@ impl JsonlFileSink {
         let mut sink = JsonlFileSink {
             path: path.to_path_buf(),
             file: None,
+            syncable: true,
             buf: Vec::with_capacity(64 * 1024),
         };
         sink.open()?;
@@ -47,12 +56,12 @@ impl JsonlFileSink {
 
     fn open(&mut self) -> std::io::Result<&mut std::fs::File> {
         if self.file.is_none() {
-            self.file = Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?,
-            );
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            self.syncable = file.metadata()?.file_type().is_file();
+            self.file = Some(file);
         }
         Ok(self.file.as_mut().expect("opened above"))
     }
@@ -76,6 +85,10 @@ impl AuditSink for JsonlFileSink {
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
+        self.open()?;
+        if !self.syncable {
+            return Ok(());
+        }
         let result = self.open().and_then(|f| f.sync_data());
         if result.is_err() {
             self.file = None;
@@ -259,6 +272,7 @@ fn writer_loop(mut sink: impl AuditSink, mut rx: mpsc::Receiver<Msg>, sync_inter
 mod tests {
     use super::*;
     use gate_core::AuditKind;
+    use uuid::Uuid;
 
     struct FlakySink {
         fail_first: usize,
@@ -385,5 +399,42 @@ mod tests {
             .collect();
         assert_eq!(events.len(), 3);
         assert!(events.iter().all(|e| e.kind == AuditKind::SessionStart));
+    }
+
+    #[tokio::test]
+    async fn a_pipe_or_device_takes_events_and_is_never_synced() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        // `audit.file: /dev/stdout` under a container's log collector is a pipe, on which
+        // fdatasync fails (EINVAL): retrying it would hold every session behind the log.
+        let (mut reader, pipe_writer) = std::io::pipe().unwrap();
+        let path = PathBuf::from(format!("/proc/self/fd/{}", pipe_writer.as_raw_fd()));
+        let (log, writer) = AuditLog::start(JsonlFileSink::new(&path).unwrap(), 16);
+        drop(pipe_writer); // the sink opened its own descriptor
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let e = AuditEvent::new(AuditKind::PolicyDecision);
+            ids.push(e.id);
+            log.emit(e).await;
+        }
+        tokio::time::timeout(Duration::from_secs(10), log.flush())
+            .await
+            .expect("a flush (write and sync) completes on a pipe");
+        drop(log);
+        tokio::time::timeout(Duration::from_secs(10), writer.join())
+            .await
+            .expect("the writer stops");
+        let mut text = String::new();
+        reader.read_to_string(&mut text).unwrap();
+        let got: Vec<Uuid> = text
+            .lines()
+            .map(|l| serde_json::from_str::<AuditEvent>(l).unwrap().id)
+            .collect();
+        assert_eq!(got, ids);
+
+        let mut null = JsonlFileSink::new(Path::new("/dev/null")).unwrap();
+        null.write_batch(&[AuditEvent::new(AuditKind::SessionStart)])
+            .unwrap();
+        null.sync().expect("nothing to sync on a character device");
     }
 }
