@@ -125,6 +125,10 @@ struct SessionState {
     /// Lines since the last checkpoint. Emptied (capacity freed) by every checkpoint, so an
     /// idle session holds no buffer.
     pending: Vec<u8>,
+    /// Size of the last checkpointed segment: a session that comes back to life gets a
+    /// buffer of that size at once, instead of growing one by doubling (a copy each time)
+    /// through every checkpoint interval.
+    last_segment: usize,
     /// Whether the session is in `Writer::dirty`.
     dirty: bool,
     /// Segments created so far, numbered from 1.
@@ -280,6 +284,9 @@ impl Writer {
             return; // unreachable through the API: `finish` consumes the recorder
         }
         st.bytes += line.len() as u64;
+        if st.pending.capacity() == 0 {
+            st.pending.reserve(st.last_segment.max(line.len()));
+        }
         st.pending.extend_from_slice(&line);
         st.counts.queries += 1;
         st.counts.blocked += u64::from(blocked);
@@ -373,6 +380,7 @@ impl Writer {
             return;
         };
         let data = std::mem::take(&mut st.pending);
+        st.last_segment = data.len().min(self.options.segment_max_bytes);
         st.segments += 1;
         st.inflight += 1;
         let path = st.meta.segment(st.segments);
@@ -504,6 +512,7 @@ impl SessionState {
         SessionState {
             bytes: pending.len() as u64,
             pending,
+            last_segment: 0,
             meta,
             dirty: false,
             segments: 0,
