@@ -494,12 +494,12 @@ pub fn sql_facts(data: &[u8]) {
         let facts = gate_sql::analyze(sql, dialect);
         for f in &facts {
             assert!(
-                sql.contains(f.statement.as_str()),
+                sql.contains(&*f.statement),
                 "{dialect:?}: statement {:?} is not part of {sql:?}",
                 f.statement
             );
             assert_eq!(
-                f.statement,
+                &*f.statement,
                 f.statement.trim(),
                 "{dialect:?}: statement not trimmed"
             );
@@ -508,7 +508,7 @@ pub fn sql_facts(data: &[u8]) {
             }
             if f.query_type == QueryType::Unknown {
                 assert_eq!(facts.len(), 1, "{dialect:?}: unknown is the only fact");
-                assert_eq!(f.statement, sql.trim());
+                assert_eq!(&*f.statement, sql.trim());
                 assert!(f.tables.is_empty());
             }
         }

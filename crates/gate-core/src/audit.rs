@@ -64,7 +64,7 @@ pub struct AuditEvent {
     pub reason: Option<String>,
     /// The request text (statement), for policy decisions. Bind parameters are never included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub statement: Option<String>,
+    pub statement: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_type: Option<Cow<'static, str>>,
     /// `true` when the decision came from a dry-run policy and was not enforced.

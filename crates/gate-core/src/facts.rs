@@ -50,8 +50,9 @@ impl QueryType {
 pub struct QueryFacts {
     #[serde(rename = "type")]
     pub query_type: QueryType,
-    /// The statement text as the client sent it.
-    pub statement: String,
+    /// The statement text as the client sent it. Shared: the audit event and the recording
+    /// of every execution refer to this text rather than copying it.
+    pub statement: std::sync::Arc<str>,
     /// Tables the statement touches, as written (schema-qualified when the client qualified them).
     #[serde(default)]
     pub tables: Vec<String>,
@@ -84,6 +85,15 @@ impl RequestFacts {
         match self {
             RequestFacts::Query(q) => &q.statement,
             RequestFacts::Ssh(s) => s.command.as_deref().unwrap_or(s.channel.as_str()),
+        }
+    }
+
+    /// [`RequestFacts::statement`] as shared text for the audit event and the recording
+    /// (a SQL statement's own text, not a copy).
+    pub fn shared_statement(&self) -> std::sync::Arc<str> {
+        match self {
+            RequestFacts::Query(q) => q.statement.clone(),
+            RequestFacts::Ssh(_) => self.statement().into(),
         }
     }
 

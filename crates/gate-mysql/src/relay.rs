@@ -89,7 +89,7 @@ enum Flow {
 fn other_facts(statement: String) -> QueryFacts {
     QueryFacts {
         query_type: QueryType::Other,
-        statement,
+        statement: statement.into(),
         tables: Vec::new(),
     }
 }
@@ -392,7 +392,7 @@ impl Relay<'_> {
                 .iter()
                 .map(|(f, d)| match (&d.action, &d.query) {
                     (Action::Rewrite, Some(q)) => q.as_str(),
-                    _ => f.statement.as_str(),
+                    _ => &*f.statement,
                 })
                 .collect::<Vec<_>>()
                 .join(";\n")

@@ -108,8 +108,11 @@ impl AuditSink for MemorySink {
     }
 }
 
+// Events travel unboxed: a box per event would be allocated by a session's thread and
+// freed by the writer's, once per audited statement.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
-    Event(Box<AuditEvent>),
+    Event(AuditEvent),
     Flush(oneshot::Sender<()>),
     /// Write everything before this, then stop (shutdown, whoever still holds a handle).
     Close,
@@ -157,9 +160,7 @@ impl AuditLog {
     /// Queues an event; waits when the writer is behind. Never drops the event while the
     /// writer runs; once the writer has stopped (shutdown) the event is logged instead.
     pub async fn emit(&self, event: AuditEvent) {
-        if let Err(mpsc::error::SendError(Msg::Event(e))) =
-            self.tx.send(Msg::Event(Box::new(event))).await
-        {
+        if let Err(mpsc::error::SendError(Msg::Event(e))) = self.tx.send(Msg::Event(event)).await {
             tracing::error!(event = ?e, "audit writer stopped; event written to the log only");
         }
     }
@@ -240,7 +241,7 @@ fn writer_loop(mut sink: impl AuditSink, mut rx: mpsc::Receiver<Msg>, sync_inter
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Event(e) => batch.push(*e),
+                Msg::Event(e) => batch.push(e),
                 Msg::Flush(done) => waiters.push(done),
                 Msg::Close => closing = true,
             }

@@ -499,7 +499,7 @@ impl Session {
         self.audit_decision_of(
             Stage::PreRequest,
             &decision,
-            Some((facts.statement(), facts.kind())),
+            Some((facts.shared_statement(), facts.kind())),
         )
         .await;
         decision
@@ -523,7 +523,7 @@ impl Session {
         };
         recorder
             .record(QueryEntry {
-                statement: facts.statement().to_string(),
+                statement: facts.shared_statement(),
                 query_type: facts.kind(),
                 action: decision.action,
                 reason: decision.reason.clone(),
@@ -570,7 +570,7 @@ impl Session {
         } else {
             self.audit_dry_runs(
                 facts
-                    .map(|f| (f.statement.as_str(), f.query_type.as_str().into()))
+                    .map(|f| (f.statement.clone(), f.query_type.as_str().into()))
                     .as_ref(),
             )
             .await;
@@ -603,7 +603,7 @@ impl Session {
         if decision.action == Action::Allow && decision.masks.is_empty() {
             self.audit_dry_runs(
                 facts
-                    .map(|f| (f.statement.as_str(), f.query_type.as_str().into()))
+                    .map(|f| (f.statement.clone(), f.query_type.as_str().into()))
                     .as_ref(),
             )
             .await;
@@ -802,7 +802,7 @@ impl Session {
         self.audit_decision_of(
             stage,
             decision,
-            facts.map(|f| (f.statement.as_str(), f.query_type.as_str().into())),
+            facts.map(|f| (f.statement.clone(), f.query_type.as_str().into())),
         )
         .await
     }
@@ -812,7 +812,7 @@ impl Session {
         &self,
         stage: Stage,
         decision: &Decision,
-        request: Option<(&str, Cow<'static, str>)>,
+        request: Option<(Arc<str>, Cow<'static, str>)>,
     ) {
         self.audit_dry_runs(request.as_ref()).await;
         self.decision_counters[stage_index(stage)][action_index(decision.action)]
@@ -832,7 +832,7 @@ impl Session {
                 stage: Some(stage),
                 action: Some(decision.action),
                 reason: decision.reason.clone(),
-                statement: request.as_ref().map(|(statement, _)| statement.to_string()),
+                statement: request.as_ref().map(|(statement, _)| statement.clone()),
                 query_type: request.map(|(_, kind)| kind),
                 dry_run: decision.dry_run,
                 ..self.event(AuditKind::PolicyDecision)
@@ -841,7 +841,7 @@ impl Session {
     }
 
     /// Audits what dry-run policies would have decided (never enforced).
-    async fn audit_dry_runs(&self, request: Option<&(&str, Cow<'static, str>)>) {
+    async fn audit_dry_runs(&self, request: Option<&(Arc<str>, Cow<'static, str>)>) {
         let pending = {
             let mut d = self.dry_runs.lock().unwrap_or_else(|p| p.into_inner());
             if d.is_empty() {
@@ -864,7 +864,7 @@ impl Session {
                         Some(r) => format!("dry run of {}: {r}", outcome.policy),
                         None => format!("dry run of {}", outcome.policy),
                     }),
-                    statement: request.map(|(statement, _)| statement.to_string()),
+                    statement: request.map(|(statement, _)| statement.clone()),
                     query_type: request.map(|(_, kind)| kind.clone()),
                     dry_run: true,
                     ..self.event(AuditKind::PolicyDecision)

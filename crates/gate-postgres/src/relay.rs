@@ -208,7 +208,7 @@ fn lock_facts(m: &Mutex<gate_sql::FactsCache>) -> std::sync::MutexGuard<'_, gate
 fn other_facts(statement: String) -> Arc<QueryFacts> {
     Arc::new(QueryFacts {
         query_type: QueryType::Other,
-        statement,
+        statement: statement.into(),
         tables: Vec::new(),
     })
 }
@@ -989,7 +989,7 @@ fn rewritten_text(stmts: &[SimpleStmt]) -> String {
         .iter()
         .map(|s| match (&s.decision.action, &s.decision.query) {
             (Action::Rewrite, Some(q)) => q.as_str(),
-            _ => s.facts.statement.as_str(),
+            _ => &*s.facts.statement,
         })
         .collect::<Vec<_>>()
         .join(";\n")

@@ -556,7 +556,7 @@ fn sql_statements_are_their_own_slices() {
         harness::sql_facts(sql.as_bytes());
         for dialect in [gate_sql::SqlDialect::Postgres, gate_sql::SqlDialect::Mysql] {
             let facts = gate_sql::analyze(&sql, dialect);
-            let statements: Vec<&str> = facts.iter().map(|f| f.statement.as_str()).collect();
+            let statements: Vec<&str> = facts.iter().map(|f| &*f.statement).collect();
             let expected: Vec<&str> = segments.iter().map(|s| s.trim()).collect();
             assert_eq!(statements, expected, "{dialect:?}: {sql:?}");
         }

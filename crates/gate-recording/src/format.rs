@@ -51,7 +51,7 @@ pub struct QueryLine {
     /// Wall-clock time the entry was recorded.
     #[serde(with = "serde_rfc3339")]
     pub time: SystemTime,
-    pub statement: String,
+    pub statement: std::sync::Arc<str>,
     pub query_type: std::borrow::Cow<'static, str>,
     pub action: Action,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -465,7 +465,7 @@ pub struct SessionHeader {
 /// One request as the pipeline saw it.
 #[derive(Debug, Clone)]
 pub struct QueryEntry {
-    pub statement: String,
+    pub statement: std::sync::Arc<str>,
     pub query_type: std::borrow::Cow<'static, str>,
     pub action: Action,
     pub reason: Option<String>,

@@ -30,7 +30,7 @@ fn header(protocol: &str, database: Option<&str>) -> SessionHeader {
     }
 }
 
-fn entry(statement: impl Into<String>) -> QueryEntry {
+fn entry(statement: impl Into<std::sync::Arc<str>>) -> QueryEntry {
     QueryEntry {
         statement: statement.into(),
         query_type: "select".into(),
@@ -112,7 +112,7 @@ fn statements(lines: &[RecordLine]) -> Vec<String> {
     lines
         .iter()
         .filter_map(|l| match l {
-            RecordLine::Query(q) => Some(q.statement.clone()),
+            RecordLine::Query(q) => Some(q.statement.to_string()),
             _ => None,
         })
         .collect()

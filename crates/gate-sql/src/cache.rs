@@ -73,7 +73,7 @@ impl FactsCache {
         if let Some((query_type, tables)) = self.entries.get(fp.as_str()) {
             return vec![QueryFacts {
                 query_type: *query_type,
-                statement: sql.trim().trim_end_matches(';').trim_end().to_string(),
+                statement: sql.trim().trim_end_matches(';').trim_end().into(),
                 tables: tables.clone(),
             }];
         }
@@ -247,7 +247,7 @@ mod tests {
         assert_eq!(cache.entries.len(), 1, "one fingerprint");
         assert_eq!(a[0].tables, b[0].tables);
         assert_eq!(
-            b[0].statement,
+            &*b[0].statement,
             "SELECT abalance FROM pgbench_accounts WHERE aid = 777"
         );
         assert_eq!(

@@ -89,7 +89,7 @@ pub fn analyze(sql: &str, dialect: SqlDialect) -> Vec<QueryFacts> {
     analyze_inner(sql, dialect).unwrap_or_else(|| {
         vec![QueryFacts {
             query_type: QueryType::Unknown,
-            statement: sql.trim().to_owned(),
+            statement: sql.trim().into(),
             tables: Vec::new(),
         }]
     })
@@ -181,7 +181,7 @@ fn analyze_tokens(
     let hints = dialect == SqlDialect::Mysql && facts.len() > 1 && sql.contains("/*!");
     if misaligned || hints {
         for fact in &mut facts {
-            fact.statement = sql.trim().to_owned();
+            fact.statement = sql.trim().into();
         }
     }
     Some(facts)
@@ -198,7 +198,7 @@ fn facts_for(statement: &Statement, text: &str, dialect: SqlDialect) -> QueryFac
     let _ = statement.visit(&mut collector);
     QueryFacts {
         query_type: collector.rank.map_or(QueryType::Other, Rank::query_type),
-        statement: text.to_owned(),
+        statement: text.into(),
         tables: collector.tables,
     }
 }
@@ -568,7 +568,7 @@ mod tests {
             for dialect in [SqlDialect::Postgres, SqlDialect::Mysql] {
                 let facts = analyze(sql, dialect);
                 assert_eq!(facts.len(), 1);
-                assert_eq!(facts[0].statement, sql.trim());
+                assert_eq!(&*facts[0].statement, sql.trim());
             }
         }
         assert_eq!(
@@ -583,6 +583,6 @@ mod tests {
         let facts = analyze(&sql, SqlDialect::Postgres);
         assert_eq!(facts.len(), 1);
         assert_eq!(facts[0].query_type, QueryType::Unknown);
-        assert_eq!(facts[0].statement, "SELECT 1");
+        assert_eq!(&*facts[0].statement, "SELECT 1");
     }
 }

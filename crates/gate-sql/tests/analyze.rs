@@ -74,8 +74,11 @@ fn each_type() {
 #[test]
 fn statement_text_is_the_original_trimmed_without_semicolon() {
     let f = pg("  SELECT  1 ;  ");
-    assert_eq!(f.statement, "SELECT  1");
-    assert_eq!(pg("select\n  *\n from T").statement, "select\n  *\n from T");
+    assert_eq!(&*f.statement, "SELECT  1");
+    assert_eq!(
+        &*pg("select\n  *\n from T").statement,
+        "select\n  *\n from T"
+    );
 }
 
 #[test]
@@ -84,7 +87,7 @@ fn multi_statement_texts_keep_each_statements_own_text() {
     let facts = analyze(sql, SqlDialect::Postgres);
     let got: Vec<(QueryType, &str)> = facts
         .iter()
-        .map(|f| (f.query_type, f.statement.as_str()))
+        .map(|f| (f.query_type, &*f.statement))
         .collect();
     assert_eq!(
         got,
@@ -101,7 +104,7 @@ fn multi_statement_texts_keep_each_statements_own_text() {
         "SELECT 1\r\n;\r\nSELECT 'a\nb' ; SELECT 3",
         SqlDialect::Postgres,
     );
-    let texts: Vec<&str> = facts.iter().map(|f| f.statement.as_str()).collect();
+    let texts: Vec<&str> = facts.iter().map(|f| &*f.statement).collect();
     assert_eq!(texts, ["SELECT 1", "SELECT 'a\nb'", "SELECT 3"]);
 }
 
@@ -128,7 +131,7 @@ fn unparseable_text_is_one_unknown_fact_with_the_whole_text() {
             facts,
             [QueryFacts {
                 query_type: QueryType::Unknown,
-                statement: sql.trim().to_owned(),
+                statement: sql.trim().into(),
                 tables: vec![],
             }]
         );
@@ -176,7 +179,7 @@ fn quoted_identifiers_and_case_folding() {
     assert_eq!(pg("SELECT * FROM \"My Table\"").tables, ["My Table"]);
     // The statement text itself is untouched.
     assert_eq!(
-        pg("SELECT * FROM \"My Table\"").statement,
+        &*pg("SELECT * FROM \"My Table\"").statement,
         "SELECT * FROM \"My Table\""
     );
 }
@@ -207,7 +210,7 @@ fn mysql_specific_syntax() {
     assert_eq!(f.query_type, QueryType::Select);
     assert_eq!(f.tables, ["db.My Table"]);
     assert_eq!(
-        f.statement,
+        &*f.statement,
         "SELECT * FROM `db`.`My Table` WHERE a = ? LIMIT 1, 2"
     );
     // MySQL table names are not folded: case sensitivity depends on the server.
@@ -216,8 +219,8 @@ fn mysql_specific_syntax() {
     assert_eq!(my("USE db").query_type, QueryType::Other);
     assert_eq!(my("SELECT a INTO @x FROM t").query_type, QueryType::Select);
     let facts = analyze("SELECT 1 # note\n; SELECT 2", SqlDialect::Mysql);
-    assert_eq!(facts[0].statement, "SELECT 1 # note");
-    assert_eq!(facts[1].statement, "SELECT 2");
+    assert_eq!(&*facts[0].statement, "SELECT 1 # note");
+    assert_eq!(&*facts[1].statement, "SELECT 2");
 }
 
 #[test]
@@ -233,13 +236,13 @@ fn mysql_executable_comments_are_analyzed() {
     let facts = analyze(sql, SqlDialect::Mysql);
     let got: Vec<_> = facts
         .iter()
-        .map(|f| (f.query_type, f.statement.as_str()))
+        .map(|f| (f.query_type, &*f.statement))
         .collect();
     assert_eq!(got, [(QueryType::Select, sql), (QueryType::Drop, sql)]);
     let sql = "SELECT 1 /*!40101 ; DROP TABLE t */ ; SELECT 2";
     let facts = analyze(sql, SqlDialect::Mysql);
     assert_eq!(facts.len(), 3);
-    assert!(facts.iter().all(|f| f.statement == sql));
+    assert!(facts.iter().all(|f| *f.statement == *sql));
     assert_eq!(facts[1].query_type, QueryType::Drop);
 }
 
