@@ -76,6 +76,87 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
+    /// Appends the event as one JSON line, newline included: the bytes `serde_json` writes
+    /// for it, field by field. The audit log writes one per audited statement, where serde's
+    /// generic path was a measurable share of Gate's CPU; a test checks the two agree.
+    pub fn write_json_line(&self, out: &mut Vec<u8>) {
+        use crate::json::write_str;
+        fn value<T: Serialize + ?Sized>(out: &mut Vec<u8>, key: &[u8], value: &T) {
+            out.extend_from_slice(key);
+            // Enums, numbers and JSON values only: writing into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, value);
+        }
+        fn uuid(out: &mut Vec<u8>, key: &[u8], id: &Uuid) {
+            out.extend_from_slice(key);
+            out.push(b'"');
+            out.extend_from_slice(
+                id.hyphenated()
+                    .encode_lower(&mut Uuid::encode_buffer())
+                    .as_bytes(),
+            );
+            out.push(b'"');
+        }
+        fn text(out: &mut Vec<u8>, key: &[u8], s: Option<&str>) {
+            if let Some(s) = s {
+                out.extend_from_slice(key);
+                write_str(out, s);
+            }
+        }
+        // Every field named: one added to `AuditEvent` fails to compile here until written.
+        let AuditEvent {
+            id,
+            time,
+            kind,
+            session_id,
+            identity,
+            presented_user,
+            resource,
+            protocol,
+            client_addr,
+            stage,
+            action,
+            reason,
+            statement,
+            query_type,
+            dry_run,
+            details,
+        } = self;
+        uuid(out, b"{\"id\":", id);
+        out.extend_from_slice(b",\"time\":");
+        crate::time::write_json_rfc3339(out, *time);
+        value(out, b",\"kind\":", kind);
+        if let Some(s) = session_id {
+            uuid(out, b",\"session_id\":", s);
+        }
+        if let Some(i) = identity {
+            let AuditIdentity { sub, name, email } = &**i;
+            text(out, b",\"identity\":{\"sub\":", Some(sub));
+            text(out, b",\"name\":", Some(name));
+            text(out, b",\"email\":", email.as_deref());
+            out.push(b'}');
+        }
+        text(out, b",\"presented_user\":", presented_user.as_deref());
+        text(out, b",\"resource\":", resource.as_deref());
+        text(out, b",\"protocol\":", protocol.as_deref());
+        text(out, b",\"client_addr\":", client_addr.as_deref());
+        if let Some(s) = stage {
+            value(out, b",\"stage\":", s);
+        }
+        if let Some(a) = action {
+            value(out, b",\"action\":", a);
+        }
+        text(out, b",\"reason\":", reason.as_deref());
+        text(out, b",\"statement\":", statement.as_deref());
+        text(out, b",\"query_type\":", query_type.as_deref());
+        if *dry_run {
+            out.extend_from_slice(b",\"dry_run\":true");
+        }
+        if !details.is_null() {
+            value(out, b",\"details\":", details);
+        }
+        out.extend_from_slice(b"}\n");
+    }
+
     /// A new event of `kind`, stamped now with a fresh id; fill the rest with struct update.
     pub fn new(kind: AuditKind) -> Self {
         AuditEvent {
@@ -95,6 +176,58 @@ impl AuditEvent {
             query_type: None,
             dry_run: false,
             details: serde_json::Value::Null,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_lines_are_the_bytes_serde_json_writes() {
+        let minimal = AuditEvent::new(AuditKind::AuthFailure);
+        let full = AuditEvent {
+            session_id: Some(Uuid::now_v7()),
+            identity: Some(Arc::new(AuditIdentity {
+                sub: "alice|\"1\"".into(),
+                name: "Alice Ž.".into(),
+                email: Some("alice@example.com".into()),
+            })),
+            presented_user: Some("al\\ice\n".into()),
+            resource: Some("primary-db".into()),
+            protocol: Some("postgres".into()),
+            client_addr: Some("127.0.0.1:5000".into()),
+            stage: Some(Stage::PreRequest),
+            action: Some(Action::Block),
+            reason: Some("dropping \"tables\"\tis not allowed".into()),
+            statement: Some("DROP TABLE users; -- 🐎\u{1}".into()),
+            query_type: Some("drop".into()),
+            dry_run: true,
+            details: serde_json::json!({"queries": 3, "nested": {"a": [1.5, null, "x\ny"]}}),
+            ..AuditEvent::new(AuditKind::PolicyDecision)
+        };
+        let no_email = AuditEvent {
+            identity: Some(Arc::new(AuditIdentity {
+                sub: "bob".into(),
+                name: "bob".into(),
+                email: None,
+            })),
+            stage: Some(Stage::Session),
+            action: Some(Action::Allow),
+            ..AuditEvent::new(AuditKind::SessionStart)
+        };
+        for event in [minimal, full, no_email] {
+            let mut direct = Vec::new();
+            event.write_json_line(&mut direct);
+            let mut expected = serde_json::to_vec(&event).unwrap();
+            expected.push(b'\n');
+            assert_eq!(
+                String::from_utf8_lossy(&direct),
+                String::from_utf8_lossy(&expected)
+            );
+            let back: AuditEvent = serde_json::from_slice(&direct).unwrap();
+            assert_eq!(back.id, event.id);
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod facts;
 pub mod glob;
 pub mod grant;
 pub mod identity;
+pub mod json;
 pub mod secret;
 pub mod time;
 

@@ -10,6 +10,16 @@ pub fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())
 }
 
+/// Appends `t` as a JSON string in the same form as [`serde_rfc3339`] writes it (no
+/// character of an RFC 3339 timestamp needs escaping).
+pub fn write_json_rfc3339(out: &mut Vec<u8>, t: SystemTime) {
+    use std::io::Write;
+    out.push(b'"');
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{}", humantime::format_rfc3339_micros(t));
+    out.push(b'"');
+}
+
 /// Serde helper for `SystemTime` fields written as RFC 3339.
 pub mod serde_rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};

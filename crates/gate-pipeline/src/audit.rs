@@ -71,8 +71,7 @@ impl AuditSink for JsonlFileSink {
     fn write_batch(&mut self, events: &[AuditEvent]) -> std::io::Result<()> {
         self.buf.clear();
         for e in events {
-            serde_json::to_writer(&mut self.buf, e)?;
-            self.buf.push(b'\n');
+            e.write_json_line(&mut self.buf);
         }
         let buf = std::mem::take(&mut self.buf);
         let result = self.open().and_then(|f| f.write_all(&buf));
