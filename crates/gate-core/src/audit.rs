@@ -80,12 +80,7 @@ impl AuditEvent {
     /// for it, field by field. The audit log writes one per audited statement, where serde's
     /// generic path was a measurable share of Gate's CPU; a test checks the two agree.
     pub fn write_json_line(&self, out: &mut Vec<u8>) {
-        use crate::json::write_str;
-        fn value<T: Serialize + ?Sized>(out: &mut Vec<u8>, key: &[u8], value: &T) {
-            out.extend_from_slice(key);
-            // Enums, numbers and JSON values only: writing into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut *out, value);
-        }
+        use crate::json::{write_key_str, write_key_value as value};
         fn uuid(out: &mut Vec<u8>, key: &[u8], id: &Uuid) {
             out.extend_from_slice(key);
             out.push(b'"');
@@ -98,8 +93,7 @@ impl AuditEvent {
         }
         fn text(out: &mut Vec<u8>, key: &[u8], s: Option<&str>) {
             if let Some(s) = s {
-                out.extend_from_slice(key);
-                write_str(out, s);
+                write_key_str(out, key, s);
             }
         }
         // Every field named: one added to `AuditEvent` fails to compile here until written.

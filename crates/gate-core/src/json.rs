@@ -20,6 +20,19 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// Appends `key` (a ready-made `,"name":` fragment) and `value` as a JSON string.
+pub fn write_key_str(out: &mut Vec<u8>, key: &[u8], value: &str) {
+    out.extend_from_slice(key);
+    write_str(out, value);
+}
+
+/// Appends `key` and `value` as serde_json writes it: for numbers, enums and JSON values,
+/// whose serialization into a Vec cannot fail.
+pub fn write_key_value<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, key: &[u8], value: &T) {
+    out.extend_from_slice(key);
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,16 +101,7 @@ pub struct EndLine {
 /// copied directly ([`gate_core::json`]); numbers and escapes still come from serde_json. A
 /// test checks the bytes against serde's.
 pub(crate) fn query_line(q: &QueryLine) -> Vec<u8> {
-    use gate_core::json::write_str;
-    fn text(out: &mut Vec<u8>, key: &[u8], value: &str) {
-        out.extend_from_slice(key);
-        write_str(out, value);
-    }
-    fn field<T: Serialize + ?Sized>(out: &mut Vec<u8>, key: &[u8], value: &T) {
-        out.extend_from_slice(key);
-        // Strings, numbers and enums only: this cannot fail.
-        let _ = serde_json::to_writer(&mut *out, value);
-    }
+    use gate_core::json::{write_key_str as text, write_key_value as field};
     // Every field named: one added to `QueryLine` fails to compile here until it is written.
     let QueryLine {
         t,
