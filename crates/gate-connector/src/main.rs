@@ -85,11 +85,13 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(&cfg);
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = cfg.worker_threads {
-                builder.worker_threads(n);
-            }
-            let runtime = match builder.enable_all().build() {
+            // The connector's own work (accepting, control-plane sync, recording writer,
+            // health) runs on this thread; connections are served on the session threads
+            // (`worker_threads`, gate_pipeline::shards) that `server::run` starts.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("gate-connector: cannot start runtime: {e}");

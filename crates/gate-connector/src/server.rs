@@ -11,6 +11,7 @@ use gate_core::config::ConnectorConfig;
 use gate_enforcement::Masker;
 use gate_mysql::MysqlHandler;
 use gate_pipeline::audit::JsonlFileSink;
+use gate_pipeline::shards::SessionShards;
 use gate_pipeline::{AuditLog, Authenticator, Metrics, Pipeline, PipelineParts};
 use gate_policy::PolicySet;
 use gate_postgres::PostgresHandler;
@@ -171,10 +172,19 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
         None => None,
     };
 
+    let threads = cfg.worker_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let shards = Arc::new(SessionShards::start(threads).context("starting session threads")?);
     let mut accept_loops = JoinSet::new();
     for (listener, dedicated) in listeners {
         tracing::info!(addr = %listener.local_addr()?, resource = dedicated.as_ref().map(|d| &*d.0), "listening");
-        accept_loops.spawn(accept_loop(listener, dedicated, handlers.clone()));
+        accept_loops.spawn(accept_loop(
+            listener,
+            dedicated,
+            handlers.clone(),
+            shards.clone(),
+        ));
     }
     // Grants end on time even without news from the control plane: check every second.
     let grant_enforcer = {
@@ -249,6 +259,14 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
     }
     handlers.postgres.close_idle();
     handlers.mysql.close_idle();
+    // The accept loops held the only other references. A session that outlived the drain
+    // is dropped with its shard, and finishes (audit, recording) on this runtime.
+    accept_loops.shutdown().await;
+    match Arc::try_unwrap(shards) {
+        Ok(shards) => shards.shutdown().await,
+        Err(_) => tracing::warn!("session threads still referenced; leaving them to exit"),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), pipeline.sessions_drained()).await;
     recordings.shutdown().await;
     index_events.drained(Duration::from_secs(5)).await;
     audit.close().await;
@@ -281,10 +299,12 @@ struct Handlers {
     ssh: Arc<SshHandler>,
 }
 
+/// Accepts connections and serves each on a session shard (see [`gate_pipeline::shards`]).
 async fn accept_loop(
     listener: TcpListener,
     dedicated: Option<(Arc<str>, Protocol)>,
     handlers: Handlers,
+    shards: Arc<SessionShards>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -298,7 +318,7 @@ async fn accept_loop(
         };
         let handlers = handlers.clone();
         let dedicated = dedicated.clone();
-        tokio::spawn(async move {
+        shards.serve_connection(stream, move |stream| async move {
             match dedicated {
                 Some((resource, Protocol::Postgres)) => {
                     handlers.postgres.serve(stream, peer, Some(resource)).await

@@ -53,9 +53,8 @@ pub struct ConnectorConfig {
     /// Where the connector keeps state it must not lose across restarts (the SSH host key).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Threads serving connections (default: one per CPU). On a host shared with the
-    /// database or the clients, fewer threads than CPUs is cheaper per query: each idle
-    /// thread costs a sleep and a wake-up per burst of work (docs/benchmarks.md).
+    /// Threads serving connections (default: one per CPU). Each connection stays on one of
+    /// them for its whole life; new connections go to the least busy.
     #[serde(default)]
     pub worker_threads: Option<usize>,
 }

@@ -117,6 +117,15 @@ pub fn relayable(caps: CapabilityFlags) -> CapabilityFlags {
     caps - never
 }
 
+impl gate_pipeline::pool::ShardLocal for Upstream {
+    fn rehome(self) -> std::io::Result<Upstream> {
+        Ok(Upstream {
+            stream: gate_pipeline::pool::rehome_tcp(self.stream)?,
+            ..self
+        })
+    }
+}
+
 impl Upstream {
     /// Connects and logs in with `caps` (already intersected with the server's and the
     /// client's) and `collation`.

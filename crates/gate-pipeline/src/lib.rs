@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod net;
 pub mod pool;
 mod session;
+pub mod shards;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -54,6 +55,10 @@ pub struct Pipeline {
     grants: ArcSwap<Option<GrantSet>>,
     live: LiveSessions,
     shutdown: watch::Sender<bool>,
+    /// The runtime the pipeline was built on (the connector's own, which outlives every
+    /// session shard): where a session dropped without `close` finishes its audit and
+    /// recording, even when its shard is already gone.
+    background: Option<tokio::runtime::Handle>,
 }
 
 /// The parts a pipeline is built from (the connector assembles them from its config).
@@ -89,6 +94,7 @@ impl Pipeline {
             grants: ArcSwap::from_pointee(None),
             live: LiveSessions::default(),
             shutdown: watch::channel(false).0,
+            background: tokio::runtime::Handle::try_current().ok(),
         })
     }
 

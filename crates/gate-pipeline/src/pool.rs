@@ -6,6 +6,12 @@
 //! [`PooledConn::release`] once the handler has reset it, so no session state leaks to the
 //! next user; dropping it instead closes it. Idle connections older than the idle timeout are
 //! closed by [`Pool::reap_idle`], which the connector runs periodically.
+//!
+//! A tokio socket belongs to the runtime that registered it, and every session shard
+//! ([`crate::shards`]) is a runtime of its own. Idle connections remember their shard; a
+//! session takes one of its own shard's when there is one, and otherwise moves the one it
+//! takes to its shard ([`ShardLocal::rehome`]), so that its upstream I/O is never woken
+//! through another thread.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -34,6 +40,8 @@ pub enum PoolError<E> {
 struct Idle<C> {
     conn: C,
     since: Instant,
+    /// The shard whose reactor the connection's socket is registered with.
+    shard: Option<usize>,
 }
 
 struct PoolMetrics {
@@ -54,6 +62,17 @@ struct Inner<C> {
     metrics: PoolMetrics,
 }
 
+/// A connection whose sockets are registered with the runtime that opened them.
+pub trait ShardLocal: Sized {
+    /// Re-registers the connection's sockets with the calling thread's runtime.
+    fn rehome(self) -> std::io::Result<Self>;
+}
+
+/// Moves a socket to the calling thread's runtime (deregistered from its old one first).
+pub fn rehome_tcp(stream: tokio::net::TcpStream) -> std::io::Result<tokio::net::TcpStream> {
+    tokio::net::TcpStream::from_std(stream.into_std()?)
+}
+
 /// A pool of upstream connections of type `C` for one resource.
 pub struct Pool<C> {
     inner: Arc<Inner<C>>,
@@ -67,7 +86,7 @@ impl<C> Clone for Pool<C> {
     }
 }
 
-impl<C: Send + 'static> Pool<C> {
+impl<C: ShardLocal + Send + 'static> Pool<C> {
     pub fn new(resource: &str, cfg: &PoolConfig, metrics: &Metrics) -> Pool<C> {
         let l = &[resource];
         Pool {
@@ -132,29 +151,48 @@ impl<C: Send + 'static> Pool<C> {
         };
         m.wait.observe(started.elapsed().as_secs_f64());
 
+        let here = crate::shards::current();
         while let Some(mut idle) = self.pop_idle() {
-            if idle.since.elapsed() < self.inner.idle_timeout && still_usable(&mut idle.conn) {
-                return Ok(self.lend(idle.conn, permit));
+            if idle.since.elapsed() >= self.inner.idle_timeout || !still_usable(&mut idle.conn) {
+                continue;
+            }
+            if idle.shard == here {
+                return Ok(self.lend(idle.conn, permit, here));
+            }
+            match idle.conn.rehome() {
+                Ok(conn) => return Ok(self.lend(conn, permit, here)),
+                Err(e) => {
+                    tracing::debug!(resource = %self.inner.resource, error = %e, "could not move an idle upstream connection to this thread; closing it");
+                }
             }
         }
         let conn = connect().await.map_err(PoolError::Connect)?;
-        Ok(self.lend(conn, permit))
+        Ok(self.lend(conn, permit, crate::shards::current()))
     }
 
+    /// The most recently returned idle connection, preferring one of the caller's shard.
     fn pop_idle(&self) -> Option<Idle<C>> {
-        let got = self.inner.idle.lock().expect("pool lock").pop();
+        let got = {
+            let mut idle = self.inner.idle.lock().expect("pool lock");
+            let here = crate::shards::current();
+            match idle.iter().rposition(|i| i.shard == here) {
+                Some(at) => Some(idle.remove(at)),
+                None => idle.pop(),
+            }
+        };
         if got.is_some() {
             self.inner.metrics.idle.dec();
         }
         got
     }
 
-    fn lend(&self, conn: C, permit: OwnedSemaphorePermit) -> PooledConn<C> {
+    fn lend(&self, conn: C, permit: OwnedSemaphorePermit, shard: Option<usize>) -> PooledConn<C> {
         self.inner.metrics.active.inc();
         PooledConn {
             conn: Some(conn),
             _permit: permit,
             pool: self.inner.clone(),
+            shard,
         }
     }
 
@@ -193,6 +231,8 @@ pub struct PooledConn<C> {
     conn: Option<C>,
     _permit: OwnedSemaphorePermit,
     pool: Arc<Inner<C>>,
+    /// The shard whose reactor the socket is registered with (where it was opened).
+    shard: Option<usize>,
 }
 
 impl<C> PooledConn<C> {
@@ -210,6 +250,7 @@ impl<C> PooledConn<C> {
             self.pool.idle.lock().expect("pool lock").push(Idle {
                 conn,
                 since: Instant::now(),
+                shard: self.shard,
             });
             self.pool.metrics.idle.inc();
         }
@@ -236,6 +277,13 @@ mod tests {
 
     async fn new_conn(n: u32) -> Result<u32, String> {
         Ok(n)
+    }
+
+    /// A stand-in connection: the number of a connection, `+ 100` for each move.
+    impl ShardLocal for u32 {
+        fn rehome(self) -> std::io::Result<u32> {
+            Ok(self + 100)
+        }
     }
 
     #[tokio::test]
@@ -294,5 +342,113 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert_eq!(pool.reap_idle(), 1);
         assert_eq!(metrics.connpool_idle.with_label_values(&["db"]).get(), 0);
+    }
+
+    /// A socket moved to another runtime keeps working after the runtime that opened it is
+    /// gone: it no longer depends on it.
+    #[test]
+    fn a_moved_socket_no_longer_needs_the_runtime_that_opened_it() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let rt = |()| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let (first, second) = (rt(()), rt(()));
+        let stream = first
+            .block_on(tokio::net::TcpStream::connect(addr))
+            .unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        let moved = second.block_on(async { rehome_tcp(stream) }).unwrap();
+        drop(first);
+        second.block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut moved = moved;
+            moved.write_all(b"ping").await.unwrap();
+            let mut got = [0u8; 4];
+            peer.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"ping");
+            peer.write_all(b"pong").unwrap();
+            let mut back = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(10), moved.read_exact(&mut back))
+                .await
+                .expect("read in time")
+                .unwrap();
+            assert_eq!(&back, b"pong");
+        });
+    }
+
+    /// Sessions on two shards each open a connection and return it; each shard then gets
+    /// its own connection back, whatever order they were returned in, and a shard with none
+    /// of its own takes another's.
+    #[tokio::test]
+    async fn a_session_gets_a_connection_opened_on_its_own_shard() {
+        use tokio::net::{TcpListener, TcpStream};
+        let shards = crate::shards::SessionShards::start(2).unwrap();
+        let metrics = Metrics::new();
+        let pool: Pool<u32> = Pool::new("db", &cfg(4, 5_000, 60_000), &metrics);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Each session reports (its shard, the connection it got).
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+
+        // Round 1: each shard opens a connection numbered after itself (10, 11), holds it
+        // until both exist, and returns it.
+        let both = Arc::new(tokio::sync::Barrier::new(2));
+        for _ in 0..2 {
+            let (pool, tx, both) = (pool.clone(), tx.clone(), both.clone());
+            let _client = TcpStream::connect(addr).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            shards.serve_connection(server, move |_s| async move {
+                let shard = crate::shards::current().unwrap();
+                let c = pool
+                    .acquire(|| new_conn(10 + shard as u32), |_| true)
+                    .await
+                    .unwrap();
+                both.wait().await;
+                let got = *c.get();
+                c.release();
+                tx.send((shard, got)).await.unwrap();
+            });
+        }
+        let mut opened = [rx.recv().await.unwrap(), rx.recv().await.unwrap()];
+        opened.sort();
+        assert_eq!(opened, [(0, 10), (1, 11)]);
+        assert_eq!(pool.idle_count(), 2);
+        // Round 1's sessions have ended, so round 2 is placed one per shard again.
+        while shards.loads() != [0, 0] {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+
+        // Round 2: one session per shard takes a connection; each gets its own shard's.
+        for _ in 0..2 {
+            let (pool, tx, both) = (pool.clone(), tx.clone(), both.clone());
+            let _client = TcpStream::connect(addr).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            shards.serve_connection(server, move |_s| async move {
+                let shard = crate::shards::current().unwrap();
+                let c = pool.acquire(|| new_conn(99), |_| true).await.unwrap();
+                both.wait().await;
+                let got = *c.get();
+                c.release();
+                tx.send((shard, got)).await.unwrap();
+            });
+        }
+        let mut reused = [rx.recv().await.unwrap(), rx.recv().await.unwrap()];
+        reused.sort();
+        assert_eq!(
+            reused,
+            [(0, 10), (1, 11)],
+            "each shard got its own connection"
+        );
+
+        // Off the shards (no shard of its own), an idle connection is taken and moved here.
+        let any = pool.acquire(|| new_conn(99), |_| true).await.unwrap();
+        assert!([110, 111].contains(any.get()), "moved: {}", any.get());
+        drop(any);
+        shards.shutdown().await;
     }
 }

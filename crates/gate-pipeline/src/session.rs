@@ -927,7 +927,9 @@ impl Drop for Session {
                 audit_context: self.audit_context.clone(),
             };
             self.closed = true;
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let runtime = (self.pipeline.background.clone())
+                .or_else(|| tokio::runtime::Handle::try_current().ok());
+            if let Some(rt) = runtime {
                 rt.spawn(async move { orphan.finish("dropped").await });
             } else {
                 orphan.closed = true;

@@ -46,6 +46,15 @@ pub struct Upstream {
     pub addr: SocketAddr,
 }
 
+impl gate_pipeline::pool::ShardLocal for Upstream {
+    fn rehome(self) -> std::io::Result<Upstream> {
+        Ok(Upstream {
+            stream: gate_pipeline::pool::rehome_tcp(self.stream)?,
+            ..self
+        })
+    }
+}
+
 impl Upstream {
     pub async fn connect(resource: &ResourceConfig) -> Result<Upstream, UpstreamError> {
         let target = format!("{}:{}", resource.host, resource.port);
