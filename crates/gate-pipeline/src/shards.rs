@@ -67,8 +67,10 @@ impl SessionShards {
                 .spawn(move || {
                     CURRENT.with(|c| c.set(Some(i)));
                     let _ = runtime.block_on(stopped);
-                    // Tasks still here (sessions that outlived the drain) are dropped with
-                    // the runtime; their sessions' Drop records what it can.
+                    // Tasks still here (sessions that outlived the drain) are dropped; a
+                    // session's Drop finishes it on the pipeline's runtime. A blocking call
+                    // that hangs (a DNS lookup) is not waited for.
+                    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
                 })?;
             shards.push(Shard {
                 handle,
