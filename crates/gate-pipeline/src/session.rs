@@ -317,7 +317,7 @@ impl Pipeline {
             protocol: protocol.to_string(),
             resource: session.resource.name.clone(),
             database: session.resource.database.clone(),
-            user: session.audit_identity(),
+            user: session.audit_user(),
             client_addr: Some(session.client.addr.to_string()),
             started_at: SystemTime::now(),
         }));
@@ -550,7 +550,7 @@ impl Session {
 
     /// The identity as recordings and audit show it.
     pub fn audit_user(&self) -> AuditIdentity {
-        self.audit_identity()
+        (*self.audit_context.identity).clone()
     }
 
     /// `post_request`: the mask plan for one result shape. `Err(reason)` means the result must
@@ -871,10 +871,6 @@ impl Session {
                 })
                 .await;
         }
-    }
-
-    fn audit_identity(&self) -> AuditIdentity {
-        (*self.audit_context.identity).clone()
     }
 
     /// A new event of `kind` about this session's user, resource and client.
