@@ -675,6 +675,13 @@ async fn metrics_expose_pool_policy_and_request_latency() {
         "{m}"
     );
     assert!(m.contains(r#"stage="pre_request""#));
+    // The open client connection is counted on the session thread serving it.
+    let on_threads: i64 = m
+        .lines()
+        .filter(|l| l.starts_with("gate_thread_connections{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+        .sum();
+    assert!(on_threads >= 1, "{m}");
 }
 
 #[tokio::test]

@@ -175,7 +175,9 @@ pub async fn run(cfg: ConnectorConfig) -> anyhow::Result<()> {
     let threads = cfg.worker_threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    let shards = Arc::new(SessionShards::start(threads).context("starting session threads")?);
+    let shards = Arc::new(
+        SessionShards::start(threads, pipeline.metrics()).context("starting session threads")?,
+    );
     let mut accept_loops = JoinSet::new();
     for (listener, dedicated) in listeners {
         tracing::info!(addr = %listener.local_addr()?, resource = dedicated.as_ref().map(|d| &*d.0), "listening");

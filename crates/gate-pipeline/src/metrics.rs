@@ -24,6 +24,7 @@ pub struct Metrics {
     pub sessions_total: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub decisions: IntCounterVec,
+    pub thread_connections: IntGaugeVec,
 }
 
 impl Metrics {
@@ -103,6 +104,11 @@ impl Metrics {
                 "gate_policy_decisions_total",
                 "Policy decisions, per stage and action.",
                 &["protocol", "resource", "stage", "action"],
+            ),
+            thread_connections: gauge(
+                "gate_thread_connections",
+                "Client connections on each session thread (a connection stays on one thread; new ones go to the least busy).",
+                &["thread"],
             ),
             registry,
         }

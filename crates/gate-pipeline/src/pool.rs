@@ -387,8 +387,8 @@ mod tests {
     #[tokio::test]
     async fn a_session_gets_a_connection_opened_on_its_own_shard() {
         use tokio::net::{TcpListener, TcpStream};
-        let shards = crate::shards::SessionShards::start(2).unwrap();
         let metrics = Metrics::new();
+        let shards = crate::shards::SessionShards::start(2, &metrics).unwrap();
         let pool: Pool<u32> = Pool::new("db", &cfg(4, 5_000, 60_000), &metrics);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

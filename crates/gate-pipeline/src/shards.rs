@@ -19,9 +19,9 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use prometheus::IntGauge;
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
@@ -38,8 +38,8 @@ pub fn current() -> Option<usize> {
 
 struct Shard {
     handle: Handle,
-    /// Connections spawned here and not yet finished.
-    live: Arc<AtomicUsize>,
+    /// Connections spawned here and not yet finished (`gate_thread_connections`).
+    live: IntGauge,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -53,8 +53,9 @@ pub struct SessionShards {
 }
 
 impl SessionShards {
-    /// Starts `n` shard threads (at least one), named `gate-shard-<i>`.
-    pub fn start(n: usize) -> std::io::Result<SessionShards> {
+    /// Starts `n` shard threads (at least one), named `gate-shard-<i>`, counting their
+    /// connections in `metrics`.
+    pub fn start(n: usize, metrics: &crate::Metrics) -> std::io::Result<SessionShards> {
         let mut shards = Vec::with_capacity(n.max(1));
         for i in 0..n.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -72,9 +73,13 @@ impl SessionShards {
                     // that hangs (a DNS lookup) is not waited for.
                     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
                 })?;
+            let live = metrics
+                .thread_connections
+                .with_label_values(&[i.to_string().as_str()]);
+            live.set(0);
             shards.push(Shard {
                 handle,
-                live: Arc::new(AtomicUsize::new(0)),
+                live,
                 stop: Some(stop),
                 thread: Some(thread),
             });
@@ -97,7 +102,7 @@ impl SessionShards {
     pub fn loads(&self) -> Vec<usize> {
         self.shards
             .iter()
-            .map(|s| s.live.load(Ordering::Relaxed))
+            .map(|s| s.live.get().max(0) as usize)
             .collect()
     }
 
@@ -107,7 +112,7 @@ impl SessionShards {
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         (0..n)
             .map(|k| &self.shards[(start + k) % n])
-            .min_by_key(|s| s.live.load(Ordering::Relaxed))
+            .min_by_key(|s| s.live.get())
             .expect("at least one shard")
     }
 
@@ -164,18 +169,18 @@ impl SessionShards {
 }
 
 /// Counts a connection as live on its shard until its task ends (or is dropped unrun).
-struct LiveGuard(Arc<AtomicUsize>);
+struct LiveGuard(IntGauge);
 
 impl LiveGuard {
-    fn new(live: Arc<AtomicUsize>) -> LiveGuard {
-        live.fetch_add(1, Ordering::Relaxed);
+    fn new(live: IntGauge) -> LiveGuard {
+        live.inc();
         LiveGuard(live)
     }
 }
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 
@@ -227,7 +232,8 @@ mod tests {
 
     #[tokio::test]
     async fn connections_spread_over_the_shards_and_finish_there() {
-        let shards = SessionShards::start(3).unwrap();
+        let metrics = crate::Metrics::new();
+        let shards = SessionShards::start(3, &metrics).unwrap();
         assert_eq!(current(), None, "the test's own thread is no shard");
         let conns = connect_through(&shards, 6).await;
         let mut per_shard = [0; 3];
@@ -236,6 +242,12 @@ mod tests {
         }
         assert_eq!(per_shard, [2, 2, 2], "least-loaded placement");
         wait_for_loads(&shards, &[2, 2, 2]).await;
+        assert!(
+            metrics
+                .encode()
+                .contains("gate_thread_connections{thread=\"1\"} 2"),
+            "exported per thread"
+        );
 
         // Closing shard 0's connections frees it: the next two connections both go there.
         let (on_zero, others): (Vec<_>, Vec<_>) = conns.into_iter().partition(|c| c.1 == 0);
@@ -257,7 +269,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_ends_connections_still_open() {
-        let shards = SessionShards::start(2).unwrap();
+        let shards = SessionShards::start(2, &crate::Metrics::new()).unwrap();
         let mut conns = connect_through(&shards, 2).await;
         tokio::time::timeout(Duration::from_secs(10), shards.shutdown())
             .await
