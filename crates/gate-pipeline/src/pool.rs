@@ -351,13 +351,13 @@ mod tests {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let rt = |()| {
+        let runtime = || {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap()
         };
-        let (first, second) = (rt(()), rt(()));
+        let (first, second) = (runtime(), runtime());
         let stream = first
             .block_on(tokio::net::TcpStream::connect(addr))
             .unwrap();
@@ -382,8 +382,8 @@ mod tests {
     }
 
     /// Sessions on two shards each open a connection and return it; each shard then gets
-    /// its own connection back, whatever order they were returned in, and a shard with none
-    /// of its own takes another's.
+    /// its own connection back, whatever order they were returned in, and a caller with no
+    /// idle connection of its own takes another's, moved to it.
     #[tokio::test]
     async fn a_session_gets_a_connection_opened_on_its_own_shard() {
         use tokio::net::{TcpListener, TcpStream};

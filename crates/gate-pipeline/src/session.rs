@@ -923,7 +923,10 @@ impl Drop for Session {
                 audit_context: self.audit_context.clone(),
             };
             self.closed = true;
-            let runtime = (self.pipeline.background.clone())
+            let runtime = self
+                .pipeline
+                .background
+                .clone()
                 .or_else(|| tokio::runtime::Handle::try_current().ok());
             if let Some(rt) = runtime {
                 rt.spawn(async move { orphan.finish("dropped").await });
