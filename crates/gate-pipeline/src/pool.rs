@@ -381,31 +381,32 @@ mod tests {
         });
     }
 
-    /// Sessions on two shards each open a connection and return it; each shard then gets
-    /// its own connection back, whatever order they were returned in, and a caller with no
-    /// idle connection of its own takes another's, moved to it.
-    #[tokio::test]
-    async fn a_session_gets_a_connection_opened_on_its_own_shard() {
+    /// One session on each of two shards: each acquires a connection (a new one numbered
+    /// `open(shard)` if none is idle), holds it until both have one, and returns it.
+    /// Returns (shard, connection) per session, sorted.
+    async fn one_session_per_shard(
+        shards: &crate::shards::SessionShards,
+        pool: &Pool<u32>,
+        open: fn(usize) -> u32,
+    ) -> [(usize, u32); 2] {
         use tokio::net::{TcpListener, TcpStream};
-        let metrics = Metrics::new();
-        let shards = crate::shards::SessionShards::start(2, &metrics).unwrap();
-        let pool: Pool<u32> = Pool::new("db", &cfg(4, 5_000, 60_000), &metrics);
+        // Earlier sessions have ended, so these are placed one per shard.
+        while shards.loads() != [0, 0] {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        // Each session reports (its shard, the connection it got).
-        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-
-        // Round 1: each shard opens a connection numbered after itself (10, 11), holds it
-        // until both exist, and returns it.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
         let both = Arc::new(tokio::sync::Barrier::new(2));
         for _ in 0..2 {
             let (pool, tx, both) = (pool.clone(), tx.clone(), both.clone());
-            let _client = TcpStream::connect(addr).await.unwrap();
+            let _client = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
             let (server, _) = listener.accept().await.unwrap();
             shards.serve_connection(server, move |_s| async move {
                 let shard = crate::shards::current().unwrap();
                 let c = pool
-                    .acquire(|| new_conn(10 + shard as u32), |_| true)
+                    .acquire(|| new_conn(open(shard)), |_| true)
                     .await
                     .unwrap();
                 both.wait().await;
@@ -414,31 +415,25 @@ mod tests {
                 tx.send((shard, got)).await.unwrap();
             });
         }
-        let mut opened = [rx.recv().await.unwrap(), rx.recv().await.unwrap()];
-        opened.sort();
+        let mut got = [rx.recv().await.unwrap(), rx.recv().await.unwrap()];
+        got.sort();
+        got
+    }
+
+    /// Sessions on two shards each open a connection and return it; each shard then gets
+    /// its own connection back, whatever order they were returned in, and a caller with no
+    /// idle connection of its own takes another's, moved to it.
+    #[tokio::test]
+    async fn a_session_gets_a_connection_opened_on_its_own_shard() {
+        let metrics = Metrics::new();
+        let shards = crate::shards::SessionShards::start(2, &metrics).unwrap();
+        let pool: Pool<u32> = Pool::new("db", &cfg(4, 5_000, 60_000), &metrics);
+
+        let opened = one_session_per_shard(&shards, &pool, |shard| 10 + shard as u32).await;
         assert_eq!(opened, [(0, 10), (1, 11)]);
         assert_eq!(pool.idle_count(), 2);
-        // Round 1's sessions have ended, so round 2 is placed one per shard again.
-        while shards.loads() != [0, 0] {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
 
-        // Round 2: one session per shard takes a connection; each gets its own shard's.
-        for _ in 0..2 {
-            let (pool, tx, both) = (pool.clone(), tx.clone(), both.clone());
-            let _client = TcpStream::connect(addr).await.unwrap();
-            let (server, _) = listener.accept().await.unwrap();
-            shards.serve_connection(server, move |_s| async move {
-                let shard = crate::shards::current().unwrap();
-                let c = pool.acquire(|| new_conn(99), |_| true).await.unwrap();
-                both.wait().await;
-                let got = *c.get();
-                c.release();
-                tx.send((shard, got)).await.unwrap();
-            });
-        }
-        let mut reused = [rx.recv().await.unwrap(), rx.recv().await.unwrap()];
-        reused.sort();
+        let reused = one_session_per_shard(&shards, &pool, |_| 99).await;
         assert_eq!(
             reused,
             [(0, 10), (1, 11)],
