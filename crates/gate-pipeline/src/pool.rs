@@ -152,7 +152,7 @@ impl<C: ShardLocal + Send + 'static> Pool<C> {
         m.wait.observe(started.elapsed().as_secs_f64());
 
         let here = crate::shards::current();
-        while let Some(mut idle) = self.pop_idle() {
+        while let Some(mut idle) = self.pop_idle(here) {
             if idle.since.elapsed() >= self.inner.idle_timeout || !still_usable(&mut idle.conn) {
                 continue;
             }
@@ -167,14 +167,13 @@ impl<C: ShardLocal + Send + 'static> Pool<C> {
             }
         }
         let conn = connect().await.map_err(PoolError::Connect)?;
-        Ok(self.lend(conn, permit, crate::shards::current()))
+        Ok(self.lend(conn, permit, here))
     }
 
-    /// The most recently returned idle connection, preferring one of the caller's shard.
-    fn pop_idle(&self) -> Option<Idle<C>> {
+    /// The most recently returned idle connection, preferring one of shard `here`.
+    fn pop_idle(&self, here: Option<usize>) -> Option<Idle<C>> {
         let got = {
             let mut idle = self.inner.idle.lock().expect("pool lock");
-            let here = crate::shards::current();
             match idle.iter().rposition(|i| i.shard == here) {
                 Some(at) => Some(idle.remove(at)),
                 None => idle.pop(),

@@ -90,14 +90,6 @@ impl SessionShards {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.shards.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.shards.is_empty()
-    }
-
     /// Live connections per shard, in shard order.
     pub fn loads(&self) -> Vec<usize> {
         self.shards
