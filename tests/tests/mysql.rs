@@ -362,3 +362,36 @@ async fn upstream_ed25519_account() {
         "logged in upstream as the ed25519 account"
     );
 }
+
+/// When Gate closes a pooled upstream connection (here at shutdown) it says COM_QUIT first,
+/// so MariaDB does not count and log it as an aborted client (`Aborted_clients`, the
+/// "Aborted connection" warning), which DBAs watch.
+#[tokio::test]
+async fn upstream_connections_gate_closes_are_not_aborted_clients() {
+    let mut env = start(mariadb()).await;
+    let mut c = env.my_alice().await;
+    let id: u64 = c
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .expect("a connection id");
+    // The session ends; its upstream connection is reset and kept in the pool, and closed
+    // by the pool at shutdown.
+    c.disconnect().await.unwrap();
+    env.gw.sigterm().unwrap();
+    let status = env.gw.wait_exit(Duration::from_secs(30)).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    let gone = format!("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = {id}");
+    gate_test_support::wait_until(
+        "the upstream connection left MariaDB",
+        Duration::from_secs(20),
+        || async { (server().root_sql(&gone).ok()?.trim() == "0").then_some(()) },
+    )
+    .await
+    .unwrap();
+    let log = server().log();
+    assert!(
+        !log.contains(&format!("Aborted connection {id} to db")),
+        "MariaDB logged Gate's upstream connection {id} as aborted:\n{log}"
+    );
+}

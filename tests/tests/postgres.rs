@@ -1294,3 +1294,63 @@ post_request := {"action": "allow"}
     let after = pre_request_evaluations(&env.metrics().await);
     assert_eq!(after - before, 10);
 }
+
+/// When Gate closes a pooled upstream connection (here at shutdown) it sends Terminate
+/// first, so PostgreSQL ends that backend as a normal disconnect instead of counting it in
+/// `sessions_abandoned` ("connection to the client was lost").
+#[tokio::test]
+async fn upstream_connections_gate_closes_end_normally() {
+    let pg = gate_test_support::postgres::PgServer::shared();
+    // A database of its own, so other tests' sessions do not move its counters.
+    pg.superuser_psql(
+        "postgres",
+        "DROP DATABASE IF EXISTS goodbye;\nCREATE DATABASE goodbye;\n",
+    )
+    .unwrap();
+    let mut env = start(Opts {
+        extra_resources: format!(
+            "  - {{name: goodbye-db, protocol: postgres, host: 127.0.0.1, port: {}, database: goodbye, credentials: {{username: app, password: \"${{TEST_APP_DB_PASSWORD}}\"}}}}\n",
+            pg.port()
+        ),
+        ..example()
+    })
+    .await;
+    let c = env
+        .connect(&env.conninfo("alice", ALICE_TOKEN, "goodbye-db"))
+        .await
+        .unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    // The session ends; its upstream connection is reset and kept in the pool, and closed
+    // by the pool at shutdown.
+    drop(c);
+    env.wait_audit("the session ended", |e| e["kind"] == "session_end")
+        .await;
+    env.gw.sigterm().unwrap();
+    let status = env.gw.wait_exit(Duration::from_secs(30)).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    // Backends report how their session ended as they exit.
+    let stats = "SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = 'goodbye'), \
+                 sessions, sessions_abandoned FROM pg_stat_database WHERE datname = 'goodbye'";
+    let (sessions, abandoned) = gate_test_support::wait_until(
+        "the upstream backend exited and reported",
+        Duration::from_secs(20),
+        || async {
+            let row = pg.superuser_psql("postgres", stats).ok()?;
+            let n: Vec<i64> = row
+                .trim()
+                .split('|')
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            let [live, sessions, abandoned] = n[..] else {
+                return None;
+            };
+            (live == 0 && sessions >= 1).then_some((sessions, abandoned))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        abandoned, 0,
+        "{abandoned} of {sessions} upstream sessions ended without Terminate"
+    );
+}

@@ -117,12 +117,18 @@ pub fn relayable(caps: CapabilityFlags) -> CapabilityFlags {
     caps - never
 }
 
-impl gate_pipeline::pool::ShardLocal for Upstream {
+impl gate_pipeline::pool::Pooled for Upstream {
     fn rehome(self) -> std::io::Result<Upstream> {
         Ok(Upstream {
             stream: gate_pipeline::pool::rehome_tcp(self.stream)?,
             ..self
         })
+    }
+
+    /// COM_QUIT: a one-byte packet (length 1, sequence 0). The server closes its side
+    /// without counting the connection in `Aborted_clients`.
+    fn say_goodbye(&mut self) {
+        gate_pipeline::pool::send_now(&self.stream, &[1, 0, 0, 0, 0x01]);
     }
 }
 

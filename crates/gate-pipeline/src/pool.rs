@@ -5,12 +5,14 @@
 //! then gets [`PoolError::Exhausted`]. A lent connection comes back with
 //! [`PooledConn::release`] once the handler has reset it, so no session state leaks to the
 //! next user; dropping it instead closes it. Idle connections older than the idle timeout are
-//! closed by [`Pool::reap_idle`], which the connector runs periodically.
+//! closed by [`Pool::reap_idle`], which the connector runs periodically. Every connection the
+//! pool closes says goodbye first ([`Pooled::say_goodbye`]), so the server logs a client that
+//! left, not one that was cut off.
 //!
 //! A tokio socket belongs to the runtime that registered it, and every session shard
 //! ([`crate::shards`]) is a runtime of its own. Idle connections remember their shard; a
 //! session takes one of its own shard's when there is one, and otherwise moves the one it
-//! takes to its shard ([`ShardLocal::rehome`]), so that its upstream I/O is never woken
+//! takes to its shard ([`Pooled::rehome`]), so that its upstream I/O is never woken
 //! through another thread.
 
 use std::future::Future;
@@ -62,10 +64,21 @@ struct Inner<C> {
     metrics: PoolMetrics,
 }
 
-/// A connection whose sockets are registered with the runtime that opened them.
-pub trait ShardLocal: Sized {
-    /// Re-registers the connection's sockets with the calling thread's runtime.
+/// What a pool needs of its connections besides holding them.
+pub trait Pooled: Sized {
+    /// Re-registers the connection's sockets with the calling thread's runtime (they
+    /// belong to the runtime that opened them).
     fn rehome(self) -> std::io::Result<Self>;
+
+    /// Tells the server the client is leaving (PostgreSQL Terminate, MySQL COM_QUIT) just
+    /// before the connection is closed: best effort, without waiting. Servers count and log
+    /// connections closed without it as aborted (MariaDB's `Aborted_clients`).
+    fn say_goodbye(&mut self) {}
+}
+
+/// Writes `bytes` to `stream` now if the socket takes them; never waits (a goodbye).
+pub fn send_now(stream: &tokio::net::TcpStream, bytes: &[u8]) {
+    let _ = stream.try_write(bytes);
 }
 
 /// Moves a socket to the calling thread's runtime (deregistered from its old one first).
@@ -86,7 +99,7 @@ impl<C> Clone for Pool<C> {
     }
 }
 
-impl<C: ShardLocal + Send + 'static> Pool<C> {
+impl<C: Pooled + Send + 'static> Pool<C> {
     pub fn new(resource: &str, cfg: &PoolConfig, metrics: &Metrics) -> Pool<C> {
         let l = &[resource];
         Pool {
@@ -154,6 +167,7 @@ impl<C: ShardLocal + Send + 'static> Pool<C> {
         let here = crate::shards::current();
         while let Some(mut idle) = self.pop_idle(here) {
             if idle.since.elapsed() >= self.inner.idle_timeout || !still_usable(&mut idle.conn) {
+                idle.conn.say_goodbye();
                 continue;
             }
             if idle.shard == here {
@@ -197,7 +211,7 @@ impl<C: ShardLocal + Send + 'static> Pool<C> {
 
     /// Closes idle connections older than the idle timeout. Returns how many it closed.
     pub fn reap_idle(&self) -> usize {
-        let expired: Vec<Idle<C>> = {
+        let mut expired: Vec<Idle<C>> = {
             let mut idle = self.inner.idle.lock().expect("pool lock");
             let (keep, expired) = std::mem::take(&mut *idle)
                 .into_iter()
@@ -206,13 +220,19 @@ impl<C: ShardLocal + Send + 'static> Pool<C> {
             expired
         };
         self.inner.metrics.idle.sub(expired.len() as i64);
+        for gone in &mut expired {
+            gone.conn.say_goodbye();
+        }
         expired.len()
     }
 
     /// Closes every idle connection (shutdown).
     pub fn close_idle(&self) {
-        let all = std::mem::take(&mut *self.inner.idle.lock().expect("pool lock"));
+        let mut all = std::mem::take(&mut *self.inner.idle.lock().expect("pool lock"));
         self.inner.metrics.idle.sub(all.len() as i64);
+        for gone in &mut all {
+            gone.conn.say_goodbye();
+        }
     }
 
     pub fn idle_count(&self) -> usize {
@@ -226,7 +246,7 @@ impl<C: ShardLocal + Send + 'static> Pool<C> {
 
 /// A connection lent by a [`Pool`]. Give it back with [`PooledConn::release`] after resetting
 /// it; dropping it closes the connection and frees the slot.
-pub struct PooledConn<C> {
+pub struct PooledConn<C: Pooled> {
     conn: Option<C>,
     _permit: OwnedSemaphorePermit,
     pool: Arc<Inner<C>>,
@@ -234,7 +254,7 @@ pub struct PooledConn<C> {
     shard: Option<usize>,
 }
 
-impl<C> PooledConn<C> {
+impl<C: Pooled> PooledConn<C> {
     pub fn get_mut(&mut self) -> &mut C {
         self.conn.as_mut().expect("present until released")
     }
@@ -256,9 +276,13 @@ impl<C> PooledConn<C> {
     }
 }
 
-impl<C> Drop for PooledConn<C> {
+impl<C: Pooled> Drop for PooledConn<C> {
     fn drop(&mut self) {
         self.pool.metrics.active.dec();
+        // Not released: the handler closes it.
+        if let Some(conn) = &mut self.conn {
+            conn.say_goodbye();
+        }
     }
 }
 
@@ -279,7 +303,7 @@ mod tests {
     }
 
     /// A stand-in connection: the number of a connection, `+ 100` for each move.
-    impl ShardLocal for u32 {
+    impl Pooled for u32 {
         fn rehome(self) -> std::io::Result<u32> {
             Ok(self + 100)
         }

@@ -46,12 +46,17 @@ pub struct Upstream {
     pub addr: SocketAddr,
 }
 
-impl gate_pipeline::pool::ShardLocal for Upstream {
+impl gate_pipeline::pool::Pooled for Upstream {
     fn rehome(self) -> std::io::Result<Upstream> {
         Ok(Upstream {
             stream: gate_pipeline::pool::rehome_tcp(self.stream)?,
             ..self
         })
+    }
+
+    /// Terminate (`X`, length 4).
+    fn say_goodbye(&mut self) {
+        gate_pipeline::pool::send_now(&self.stream, &[b'X', 0, 0, 0, 4]);
     }
 }
 
